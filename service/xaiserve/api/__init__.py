@@ -1,0 +1,1 @@
+"""gRPC layer: servicer, proto↔domain converters, interceptors, server start/stop."""

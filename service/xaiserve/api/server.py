@@ -1,0 +1,184 @@
+"""Server start and stop: ``create_server(settings) -> (server, port)`` and ``serve(settings)``.
+
+Lifecycle: the gRPC port opens at once with health NOT_SERVING; models load in the background;
+health turns SERVING when every model has loaded or failed (the failure is logged and shown by
+``GetModel``). On SIGTERM/SIGINT health flips to NOT_SERVING at once, new RPCs get UNAVAILABLE,
+in-flight RPCs get up to ``drain_seconds`` to finish, then the process exits 0.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from concurrent import futures
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from prometheus_client import CollectorRegistry, start_http_server
+
+from xaiserve.api.interceptors import Admission, ServiceInterceptor, TokenAuthInterceptor
+from xaiserve.api.servicer import ExplainServicer
+from xaiserve.config import Settings
+from xaiserve.jobs.operations import OperationStore
+from xaiserve.models.repository import ModelRepository
+from xaiserve.observability import Metrics, configure_logging
+from xaiserve.runtime.batcher import ImageBudget
+from xaiserve.v1 import explain_pb2, explain_pb2_grpc
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = explain_pb2.DESCRIPTOR.services_by_name["ExplainService"].full_name
+HEALTH_SERVICES = ("", SERVICE_NAME)
+
+
+class XaiServer:
+    """The running server and the parts tests and the lifecycle need to reach."""
+
+    def __init__(
+        self, settings: Settings, grpc_server: grpc.Server, port: int, metrics: Metrics,
+        repository: ModelRepository, operations: OperationStore, health_servicer: health.HealthServicer,
+        admission: Admission,
+    ) -> None:
+        self.settings = settings
+        self.grpc_server = grpc_server
+        self.port = port
+        self.metrics = metrics
+        self.repository = repository
+        self.operations = operations
+        self.health = health_servicer
+        self.admission = admission
+        self.metrics_http: Any = None
+        self._loader: threading.Thread | None = None
+        self._stopped = threading.Event()
+
+    def load_models(self, wait: bool) -> None:
+        def load() -> None:
+            self.repository.load_all()
+            if not self.admission.draining.is_set():
+                for name in HEALTH_SERVICES:
+                    self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+            log.info("ready", extra={"models": len(self.repository.ready_models())})
+
+        self._loader = threading.Thread(target=load, name="model-loader", daemon=True)
+        self._loader.start()
+        if wait:
+            self._loader.join()
+
+    def begin_drain(self) -> None:
+        """Health NOT_SERVING and refuse new RPCs; in-flight ones continue."""
+        self.admission.draining.set()
+        self.health.enter_graceful_shutdown()
+
+    def stop(self, grace: float | None = None) -> None:
+        """Drain (up to ``grace`` or ``drain_seconds``), then stop everything. Idempotent."""
+        if self._stopped.is_set():
+            return
+        self._stopped.set()
+        self.begin_drain()
+        budget = self.settings.drain_seconds if grace is None else grace
+        drained = self.admission.wait_idle(budget)
+        if not drained:
+            log.warning("drain time over with %d requests still running", self.admission.active)
+        self.operations.shutdown(timeout=2.0)
+        self.grpc_server.stop(grace=0.5).wait()
+        self.repository.close()
+        if self.metrics_http is not None:
+            self.metrics_http.shutdown()
+
+    def wait(self) -> None:
+        self.grpc_server.wait_for_termination()
+
+
+def _credentials(settings: Settings) -> grpc.ServerCredentials | None:
+    if not settings.tls_cert:
+        return None
+    key = Path(settings.tls_key).read_bytes()
+    cert = Path(settings.tls_cert).read_bytes()
+    client_ca = Path(settings.tls_client_ca).read_bytes() if settings.tls_client_ca else None
+    return grpc.ssl_server_credentials(
+        [(key, cert)], root_certificates=client_ca, require_client_auth=client_ca is not None
+    )
+
+
+def create_server(
+    settings: Settings, registry: CollectorRegistry | None = None, *, wait_ready: bool = True
+) -> tuple[XaiServer, int]:
+    """Build, bind and start the server; returns it and the bound port (port 0 → a free one)."""
+    metrics = Metrics(registry)
+    admission = Admission(settings.max_concurrent_requests)
+    interceptors: list[grpc.ServerInterceptor] = []
+    if settings.auth_tokens_file:
+        interceptors.append(TokenAuthInterceptor.from_file(settings.auth_tokens_file, metrics))
+    interceptors.append(ServiceInterceptor(metrics, admission))
+    options = [
+        ("grpc.max_receive_message_length", settings.max_message_bytes),
+        ("grpc.max_send_message_length", settings.max_message_bytes),
+        ("grpc.so_reuseport", 0),
+        ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+        ("grpc.keepalive_permit_without_calls", 1),
+    ]
+    grpc_server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=settings.worker_threads, thread_name_prefix="rpc"),
+        interceptors=interceptors,
+        options=options,
+    )
+    budget = ImageBudget(settings.max_queued_images)
+    repository = ModelRepository(settings.models_dir, settings, metrics, budget)
+    ops_dir = Path(settings.operations_dir) if settings.operations_dir else None
+    operations = OperationStore(ops_dir, metrics)
+    servicer = ExplainServicer(settings, repository, operations)
+    explain_pb2_grpc.add_ExplainServiceServicer_to_server(servicer, grpc_server)
+    health_servicer = health.HealthServicer(experimental_non_blocking=True)
+    for name in HEALTH_SERVICES:
+        health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, grpc_server)
+    if settings.reflection:
+        from grpc_reflection.v1alpha import reflection
+
+        reflection.enable_server_reflection(
+            (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), grpc_server
+        )
+    address = f"{settings.host}:{settings.port}"
+    credentials = _credentials(settings)
+    port = (
+        grpc_server.add_secure_port(address, credentials)
+        if credentials is not None
+        else grpc_server.add_insecure_port(address)
+    )
+    if port == 0:
+        raise OSError(f"could not bind {address}")
+    grpc_server.start()
+    server = XaiServer(settings, grpc_server, port, metrics, repository, operations, health_servicer, admission)
+    if settings.metrics_port:
+        httpd, _ = start_http_server(settings.metrics_port, addr=settings.host, registry=metrics.registry)
+        server.metrics_http = httpd
+    log.info("listening", extra={"address": address, "port": port, "tls": credentials is not None})
+    server.load_models(wait=wait_ready)
+    return server, port
+
+
+def serve(settings: Settings) -> int:
+    """Run until SIGTERM/SIGINT, drain, exit code 0."""
+    configure_logging(settings.log_level, settings.log_format)
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        log.info("signal %s: draining", signal.Signals(signum).name)
+        stop.set()
+
+    # Handlers go in before the (slow) model loading so an early SIGTERM still drains cleanly.
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    server, port = create_server(settings, wait_ready=False)
+    print(f"xaiserve listening on {settings.host}:{port}", flush=True)
+    while not stop.wait(0.5):
+        pass
+    started = time.monotonic()
+    server.stop()
+    log.info("stopped", extra={"drain_seconds": round(time.monotonic() - started, 3)})
+    return 0

@@ -1,0 +1,130 @@
+"""Server settings: defaults, overridden by ``XAISERVE_*`` environment variables, then flags.
+
+Every field's environment variable is ``XAISERVE_`` + the field name in upper case (e.g.
+``XAISERVE_MAX_QUEUED_IMAGES``). Booleans accept 1/0, true/false, yes/no, on/off.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, get_type_hints
+
+ENV_PREFIX = "XAISERVE_"
+DEFAULT_PORT = 50051
+DEFAULT_METRICS_PORT = 9464
+
+
+def _bundled_models() -> str:
+    here = Path(__file__).resolve()
+    for parent in here.parents:
+        if (parent / "models").is_dir() and (parent / "pyproject.toml").is_file():
+            return str(parent / "models")
+    return "/models"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything an operator can set. See README "Configuration reference"."""
+
+    host: str = "0.0.0.0"
+    port: int = DEFAULT_PORT
+    metrics_port: int = DEFAULT_METRICS_PORT  # 0 disables the metrics HTTP server
+    models_dir: str = field(default_factory=_bundled_models)
+    reflection: bool = True
+    worker_threads: int = 32  # gRPC handler threads
+    max_concurrent_requests: int = 24  # admitted RPCs at once; more → RESOURCE_EXHAUSTED
+    max_queued_images: int = 4096  # images waiting in all batch queues; more → RESOURCE_EXHAUSTED
+    max_forward_passes: int = 200_000  # per request (cost estimate before any work starts)
+    max_message_bytes: int = 32 * 1024 * 1024
+    max_image_bytes: int = 16 * 1024 * 1024
+    max_image_pixels: int = 4096 * 4096
+    allowed_image_formats: tuple[str, ...] = ("PNG", "JPEG")
+    max_stream_images: int = 10_000  # items per streaming RPC / data-set operation
+    intra_op_threads: int = 0  # onnxruntime threads per session; 0 = number of cores
+    providers: tuple[str, ...] = ()  # onnxruntime providers; empty = best available
+    torch_copies: int = 2  # module copies per model for white-box methods
+    drain_seconds: float = 25.0  # SIGTERM: time in-flight requests get to finish
+    log_level: str = "INFO"
+    log_format: str = "json"  # json | text
+    tls_cert: str = ""
+    tls_key: str = ""
+    tls_client_ca: str = ""  # set → mutual TLS (client certificates required)
+    auth_tokens_file: str = ""  # one bearer token per line; set → auth required
+    operations_dir: str = ""  # where long-running operations persist; default models_dir/.ops
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        """Defaults ← environment ← ``overrides`` (flags). Unknown overrides raise TypeError."""
+        env = os.environ if environ is None else environ
+        hints = get_type_hints(cls)
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            key = ENV_PREFIX + f.name.upper()
+            if key in env:
+                values[f.name] = parse_value(hints[f.name], env[key], key)
+        for name, value in overrides.items():
+            if name not in hints:
+                raise TypeError(f"unknown setting {name!r}")
+            if value is not None:
+                values[name] = value
+        settings = cls(**values)
+        settings.validate()
+        return settings
+
+    def validate(self) -> None:
+        for name in (
+            "worker_threads",
+            "max_concurrent_requests",
+            "max_queued_images",
+            "max_forward_passes",
+            "max_message_bytes",
+            "max_image_bytes",
+            "max_image_pixels",
+            "torch_copies",
+        ):
+            if getattr(self, name) < 1:
+                raise ValueError(f"setting {name} must be at least 1")
+        if not 0 <= self.port < 65536 or not 0 <= self.metrics_port < 65536:
+            raise ValueError("ports must be within 0..65535")
+        if self.log_format not in ("json", "text"):
+            raise ValueError("setting log_format must be 'json' or 'text'")
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise ValueError("settings tls_cert and tls_key must be given together")
+        if self.tls_client_ca and not self.tls_cert:
+            raise ValueError("setting tls_client_ca needs tls_cert and tls_key")
+
+    def replace(self, **changes: Any) -> Settings:
+        return dataclasses.replace(self, **changes)
+
+
+def env_names() -> dict[str, str]:
+    """Field name → environment variable, for docs and deployment checks."""
+    return {f.name: ENV_PREFIX + f.name.upper() for f in fields(Settings)}
+
+
+def parse_value(hint: Any, raw: str, key: str) -> Any:
+    text = raw.strip()
+    if hint is bool or hint == "bool":
+        lowered = text.lower()
+        if lowered in ("1", "true", "yes", "on"):
+            return True
+        if lowered in ("0", "false", "no", "off", ""):
+            return False
+        raise ValueError(f"{key}={raw!r} is not a boolean")
+    if hint is int:
+        try:
+            return int(text)
+        except ValueError:
+            raise ValueError(f"{key}={raw!r} is not an integer") from None
+    if hint is float:
+        try:
+            return float(text)
+        except ValueError:
+            raise ValueError(f"{key}={raw!r} is not a number") from None
+    if getattr(hint, "__origin__", None) is tuple:
+        return tuple(p.strip() for p in text.split(",") if p.strip())
+    return text

@@ -1,0 +1,1 @@
+"""Image handling: decoding, resizing, superpixels and perturbation fills."""

@@ -1,0 +1,55 @@
+"""Bring images to the model's grid (image space) and into the network's input format."""
+
+from __future__ import annotations
+
+import numpy as np
+from PIL import Image
+
+from xaiserve.models.config import InputConfig
+
+
+def fit_to_input(image: np.ndarray, cfg: InputConfig) -> np.ndarray:
+    """Resize an image-space image ``(h, w, 3)`` to ``(height, width, 3)`` by the config's policy.
+
+    ``stretch`` resizes both sides; ``center_crop`` scales the shorter side to fit and crops
+    the centre. Bilinear with antialiasing (Pillow), per channel in float32.
+    """
+    h, w = image.shape[:2]
+    if (h, w) == (cfg.height, cfg.width):
+        return image.astype(np.float32, copy=False)
+    if cfg.resize == "center_crop":
+        scale = max(cfg.height / h, cfg.width / w)
+        nh, nw = max(cfg.height, round(h * scale)), max(cfg.width, round(w * scale))
+        resized = _resize(image, nh, nw)
+        top, left = (nh - cfg.height) // 2, (nw - cfg.width) // 2
+        return np.ascontiguousarray(resized[top : top + cfg.height, left : left + cfg.width])
+    return _resize(image, cfg.height, cfg.width)
+
+
+def _resize(image: np.ndarray, height: int, width: int) -> np.ndarray:
+    channels = [
+        np.asarray(Image.fromarray(image[:, :, c].astype(np.float32), mode="F").resize(
+            (width, height), Image.Resampling.BILINEAR
+        ))
+        for c in range(image.shape[2])
+    ]
+    return np.clip(np.stack(channels, axis=2), 0.0, 255.0).astype(np.float32)
+
+
+def to_network_input(images: np.ndarray, cfg: InputConfig) -> np.ndarray:
+    """Image-space ``(N, H, W, 3)`` RGB 0..255 → the network's float32 input.
+
+    ``x = (lo + pixel/255·(hi − lo) − mean) / std`` per channel in the model's channel order,
+    then the model's layout (NCHW or NHWC).
+    """
+    lo, hi = cfg.value_range
+    x = images.astype(np.float32, copy=False)
+    if cfg.channel_order == "BGR":
+        x = x[..., ::-1]
+    scale = np.float32((hi - lo) / 255.0)
+    mean = np.asarray(cfg.mean, dtype=np.float32)
+    std = np.asarray(cfg.std, dtype=np.float32)
+    x = (x * scale + np.float32(lo) - mean) / std
+    if cfg.layout == "NCHW":
+        x = x.transpose(0, 3, 1, 2)
+    return np.ascontiguousarray(x, dtype=np.float32)

@@ -1,0 +1,1 @@
+"""Long-running operations (data-set evaluation, GAD fitting): state, progress, cancel."""

@@ -1,0 +1,209 @@
+"""Per-model configuration: ``models/<name>/<version>/config.toml``.
+
+Validated at load; every error names the file and the field, e.g.
+``models/shapes/1/config.toml: input.layout must be "NCHW" or "NHWC", not "CHW"``.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, cast
+
+CONFIG_FILE = "config.toml"
+MODEL_FILE = "model.onnx"
+
+
+class ConfigError(ValueError):
+    """A model folder whose configuration is missing or invalid."""
+
+
+@dataclass(frozen=True)
+class InputConfig:
+    height: int
+    width: int
+    name: str = ""
+    layout: Literal["NCHW", "NHWC"] = "NCHW"
+    channel_order: Literal["RGB", "BGR"] = "RGB"
+    resize: Literal["stretch", "center_crop"] = "stretch"
+    value_range: tuple[float, float] = (0.0, 1.0)
+    mean: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    std: tuple[float, float, float] = (1.0, 1.0, 1.0)
+
+
+@dataclass(frozen=True)
+class OutputConfig:
+    labels: tuple[str, ...]
+    kind: Literal["logits", "probabilities"] = "logits"
+
+
+@dataclass(frozen=True)
+class BatchingConfig:
+    max_batch_size: int = 32
+    max_queue_delay_ms: float = 2.0
+
+
+@dataclass(frozen=True)
+class TorchConfig:
+    """An operator-registered PyTorch module: ``entry_point`` = ``"package.module:factory"``
+    (called with no arguments, returns an ``nn.Module``), ``weights`` = a state-dict file in
+    the version folder loaded with ``torch.load(weights_only=True)``."""
+
+    entry_point: str
+    weights: str
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    input: InputConfig
+    output: OutputConfig
+    batching: BatchingConfig = BatchingConfig()
+    torch: TorchConfig | None = None
+    description: str = ""
+
+
+def load_config(path: Path) -> ModelConfig:
+    """Parse and validate a ``config.toml``; raises :class:`ConfigError` naming file and field."""
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: file missing (every model version needs {CONFIG_FILE})") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    return parse_config(raw, str(path))
+
+
+def parse_config(raw: dict[str, Any], where: str) -> ModelConfig:
+    r = _Reader(raw, where)
+    known_top = {"description", "input", "output", "batching", "torch"}
+    r.no_unknown(raw, known_top, "")
+    inp = r.table("input", required=True)
+    r.no_unknown(
+        inp,
+        {"name", "height", "width", "layout", "channel_order", "resize", "value_range", "mean", "std"},
+        "input.",
+    )
+    input_cfg = InputConfig(
+        height=r.positive_int(inp, "input.height"),
+        width=r.positive_int(inp, "input.width"),
+        name=r.string(inp, "input.name", ""),
+        layout=cast(Any, r.choice(inp, "input.layout", ("NCHW", "NHWC"), "NCHW")),
+        channel_order=cast(Any, r.choice(inp, "input.channel_order", ("RGB", "BGR"), "RGB")),
+        resize=cast(Any, r.choice(inp, "input.resize", ("stretch", "center_crop"), "stretch")),
+        value_range=cast(Any, r.floats(inp, "input.value_range", 2, (0.0, 1.0))),
+        mean=cast(Any, r.floats(inp, "input.mean", 3, (0.0, 0.0, 0.0))),
+        std=cast(Any, r.floats(inp, "input.std", 3, (1.0, 1.0, 1.0))),
+    )
+    if input_cfg.value_range[0] >= input_cfg.value_range[1]:
+        r.fail("input.value_range", "must be [low, high] with low < high")
+    if any(s <= 0 for s in input_cfg.std):
+        r.fail("input.std", "every value must be positive")
+    out = r.table("output", required=True)
+    r.no_unknown(out, {"kind", "labels"}, "output.")
+    labels = out.get("labels")
+    if not isinstance(labels, list) or not labels or not all(isinstance(x, str) for x in labels):
+        r.fail("output.labels", "must be a non-empty list of strings")
+    if len(set(labels)) != len(labels):
+        r.fail("output.labels", "must not repeat a label")
+    output_cfg = OutputConfig(
+        labels=tuple(labels),
+        kind=cast(Any, r.choice(out, "output.kind", ("logits", "probabilities"), "logits")),
+    )
+    bat = r.table("batching", required=False)
+    r.no_unknown(bat, {"max_batch_size", "max_queue_delay_ms"}, "batching.")
+    batching = BatchingConfig(
+        max_batch_size=r.positive_int(bat, "batching.max_batch_size", 32),
+        max_queue_delay_ms=r.nonnegative_float(bat, "batching.max_queue_delay_ms", 2.0),
+    )
+    torch_cfg = None
+    tor = r.table("torch", required=False)
+    if tor:
+        r.no_unknown(tor, {"entry_point", "weights"}, "torch.")
+        entry = r.string(tor, "torch.entry_point", "")
+        if ":" not in entry:
+            r.fail("torch.entry_point", 'must look like "package.module:factory"')
+        weights = r.string(tor, "torch.weights", "")
+        if not weights or "/" in weights or "\\" in weights or weights.startswith("."):
+            r.fail("torch.weights", "must be a file name inside the version folder")
+        torch_cfg = TorchConfig(entry_point=entry, weights=weights)
+    return ModelConfig(
+        input=input_cfg,
+        output=output_cfg,
+        batching=batching,
+        torch=torch_cfg,
+        description=r.string(raw, "description", ""),
+    )
+
+
+class _Reader:
+    def __init__(self, raw: dict[str, Any], where: str) -> None:
+        self.raw = raw
+        self.where = where
+
+    def fail(self, field: str, message: str) -> Any:
+        raise ConfigError(f"{self.where}: {field} {message}")
+
+    def no_unknown(self, table: dict[str, Any], known: set[str], prefix: str) -> None:
+        for key in table:
+            if key not in known:
+                self.fail(f"{prefix}{key}", f"is not a known field (known: {', '.join(sorted(known))})")
+
+    def table(self, key: str, required: bool) -> dict[str, Any]:
+        value = self.raw.get(key)
+        if value is None:
+            if required:
+                self.fail(f"[{key}]", "section is missing")
+            return {}
+        if not isinstance(value, dict):
+            self.fail(key, "must be a table")
+        return cast(dict[str, Any], value)
+
+    def _get(self, table: dict[str, Any], field: str) -> Any:
+        return table.get(field.rsplit(".", 1)[-1])
+
+    def string(self, table: dict[str, Any], field: str, default: str) -> str:
+        value = self._get(table, field)
+        if value is None:
+            return default
+        if not isinstance(value, str):
+            self.fail(field, "must be a string")
+        return cast(str, value)
+
+    def choice(self, table: dict[str, Any], field: str, options: tuple[str, ...], default: str) -> str:
+        value = self.string(table, field, default)
+        if value not in options:
+            self.fail(field, f"must be one of {', '.join(repr(o) for o in options)}, not {value!r}")
+        return value
+
+    def positive_int(self, table: dict[str, Any], field: str, default: int | None = None) -> int:
+        value = self._get(table, field)
+        if value is None:
+            if default is None:
+                self.fail(field, "is required")
+            return cast(int, default)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            self.fail(field, f"must be a positive integer, not {value!r}")
+        return cast(int, value)
+
+    def nonnegative_float(self, table: dict[str, Any], field: str, default: float) -> float:
+        value = self._get(table, field)
+        if value is None:
+            return default
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+            self.fail(field, f"must be a non-negative number, not {value!r}")
+        return float(value)
+
+    def floats(
+        self, table: dict[str, Any], field: str, n: int, default: tuple[float, ...]
+    ) -> tuple[float, ...]:
+        value = self._get(table, field)
+        if value is None:
+            return default
+        if (
+            not isinstance(value, list)
+            or len(value) != n
+            or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
+        ):
+            self.fail(field, f"must be a list of {n} numbers, not {value!r}")
+        return tuple(float(v) for v in value)

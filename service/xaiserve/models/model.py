@@ -1,0 +1,228 @@
+"""The ``Model`` facade: what methods see of a loaded model version.
+
+``predict`` takes image-space images (one array or an iterable of chunks), applies the model's
+preprocessing, feeds the dynamic batcher in pieces of at most ``max_batch_size`` while keeping at
+most two batches of this request in flight (so a lazily generated stream of thousands of
+perturbations is never materialised), and returns probabilities or raw outputs.
+``torch_backend`` leases a PyTorch module rebuilt from the same ONNX file (or the operator's
+registered module) for white-box methods.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import logging
+import threading
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
+
+from xaiserve.errors import Unimplemented
+from xaiserve.imaging.preprocess import to_network_input
+from xaiserve.methods.base import ImageBatch, MethodSpec, OutputSpace, TorchBackend
+from xaiserve.models.config import ModelConfig
+from xaiserve.runtime import context
+from xaiserve.runtime.batcher import DynamicBatcher
+
+if TYPE_CHECKING:
+    import torch
+
+log = logging.getLogger(__name__)
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits - logits.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return (e / e.sum(axis=1, keepdims=True)).astype(np.float32)
+
+
+class Model:
+    """A loaded model version (implements ``BlackBoxModel`` and ``WhiteBoxModel``)."""
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        version: str,
+        folder: Path,
+        config: ModelConfig,
+        sha256: str,
+        batcher: DynamicBatcher,
+        providers: list[str],
+        input_name: str = "",
+        torch_copies: int = 2,
+    ) -> None:
+        self.name = name
+        self.version = version
+        self.folder = folder
+        self.config = config
+        self.sha256 = sha256
+        self.batcher = batcher
+        self.providers = providers
+        self.input_name = input_name
+        self._torch_copies = torch_copies
+        self._torch_pool: Any = None
+        self._torch_lock = threading.Lock()
+
+    # -- BlackBoxModel -------------------------------------------------------------------------
+    @property
+    def input_size(self) -> tuple[int, int]:
+        return (self.config.input.height, self.config.input.width)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.config.output.labels)
+
+    @property
+    def labels(self) -> tuple[str, ...]:
+        return self.config.output.labels
+
+    @property
+    def output_kind(self) -> Literal["logits", "probabilities"]:
+        return self.config.output.kind
+
+    @property
+    def max_batch_size(self) -> int:
+        return self.batcher.max_batch_size
+
+    def predict(
+        self, images: ImageBatch | Iterable[ImageBatch], output: OutputSpace = "probabilities"
+    ) -> np.ndarray:
+        ctx = context.current()
+        chunks: Iterable[np.ndarray] = (images,) if isinstance(images, np.ndarray) else images
+        mb = self.max_batch_size
+        results: list[np.ndarray] = []
+        outstanding: deque[tuple[Future[np.ndarray], int]] = deque()
+        in_flight = 0
+        try:
+            for chunk in chunks:
+                self._check_chunk(chunk)
+                ctx.check()
+                x = to_network_input(chunk, self.config.input)
+                for start in range(0, len(x), mb):
+                    piece = x[start : start + mb]
+                    while outstanding and in_flight + len(piece) > 2 * mb:
+                        fut, n = outstanding.popleft()
+                        results.append(_wait(fut, ctx))
+                        in_flight -= n
+                    outstanding.append((self.batcher.submit(piece, ctx), len(piece)))
+                    in_flight += len(piece)
+            while outstanding:
+                fut, _ = outstanding.popleft()
+                results.append(_wait(fut, ctx))
+        finally:
+            for fut, _ in outstanding:
+                fut.cancel()
+        raw = np.concatenate(results) if results else np.empty((0, self.num_classes), np.float32)
+        if raw.ndim != 2 or raw.shape[1] != self.num_classes:
+            raise RuntimeError(
+                f"model {self.name}/{self.version} output shape {raw.shape} does not match "
+                f"{self.num_classes} labels"
+            )
+        if output == "probabilities" and self.output_kind == "logits":
+            return softmax(raw)
+        return raw
+
+    def _check_chunk(self, chunk: np.ndarray) -> None:
+        h, w = self.input_size
+        if chunk.ndim != 4 or chunk.shape[1:] != (h, w, 3):
+            raise ValueError(f"predict expects (N, {h}, {w}, 3) image-space chunks, got {chunk.shape}")
+
+    # -- WhiteBoxModel -------------------------------------------------------------------------
+    @property
+    def backends(self) -> list[str]:
+        names = ["onnx"]
+        if self._torch_available():
+            names.append("torch")
+        return names
+
+    def supports(self, spec: MethodSpec) -> bool:
+        return spec.backend == "blackbox" or "torch" in self.backends
+
+    def _torch_available(self) -> bool:
+        try:
+            importlib.import_module("xaiserve.runtime.torch_backend")
+            if self.config.torch is None:
+                importlib.import_module("xaiserve.runtime.onnx_to_torch")
+        except ImportError:
+            return False
+        return True
+
+    def torch_backend(self) -> contextlib.AbstractContextManager[TorchBackend]:
+        return self._pool().lease()  # type: ignore[no-any-return]
+
+    def _pool(self) -> Any:
+        with self._torch_lock:
+            if self._torch_pool is None:
+                if not self._torch_available():
+                    raise Unimplemented("white-box methods need the torch backend, not installed")
+                from xaiserve.runtime.torch_backend import TorchModelPool
+
+                cfg = self.config.input
+                self._torch_pool = TorchModelPool(
+                    self._module_factory(),
+                    layout=cfg.layout,
+                    channel_order=cfg.channel_order,
+                    value_range=cfg.value_range,
+                    mean=cfg.mean,
+                    std=cfg.std,
+                    copies=self._torch_copies,
+                )
+            return self._torch_pool
+
+    def _module_factory(self) -> Callable[[], torch.nn.Module]:
+        torch_cfg = self.config.torch
+        if torch_cfg is None:
+            from xaiserve.runtime.onnx_to_torch import convert_onnx
+
+            path = self.folder / "model.onnx"
+            return lambda: convert_onnx(path)
+        weights = self.folder / torch_cfg.weights
+        entry = torch_cfg.entry_point
+
+        def build() -> torch.nn.Module:
+            import torch
+
+            module_name, _, factory_name = entry.partition(":")
+            factory = getattr(importlib.import_module(module_name), factory_name)
+            module = factory()
+            state = torch.load(weights, map_location="cpu", weights_only=True)
+            module.load_state_dict(state)
+            return module.eval()  # type: ignore[no-any-return]
+
+        return build
+
+    def close(self) -> None:
+        self.batcher.close(timeout=5.0)
+
+
+def _wait(fut: Future[np.ndarray], ctx: context.RequestContext) -> np.ndarray:
+    """Wait for a batch result, waking regularly to honour cancellation and the deadline."""
+    while True:
+        remaining = ctx.remaining()
+        timeout = 0.1 if remaining is None else max(0.0, min(0.1, remaining))
+        try:
+            return fut.result(timeout=timeout)
+        except FutureTimeout:
+            ctx.check()
+
+
+def iter_chunks(images: Iterable[np.ndarray], size: int) -> Iterator[np.ndarray]:
+    """Re-chunk single images into arrays of ``size`` (helper for callers)."""
+    buf: list[np.ndarray] = []
+    for img in images:
+        buf.append(img)
+        if len(buf) == size:
+            yield np.stack(buf)
+            buf = []
+    if buf:
+        yield np.stack(buf)
+
+
+__all__ = ["Model", "softmax"]

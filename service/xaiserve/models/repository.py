@@ -1,0 +1,249 @@
+"""The model repository: ``<root>/<name>/<version>/{model.onnx, config.toml}``.
+
+Every version loads at start-up; a bad version is recorded as FAILED with its error (shown by
+``GetModel``, the log and ``xaiserve_model_load_failures_total``) and does not stop the others.
+Request-time lookups are dictionary look-ups after the name is validated — a request never
+touches the file system. A reload that fails keeps the last good version serving.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from xaiserve.config import Settings
+from xaiserve.errors import InvalidInput, ModelNotFound, Unavailable
+from xaiserve.imaging.preprocess import to_network_input
+from xaiserve.models.config import CONFIG_FILE, MODEL_FILE, ModelConfig, load_config
+from xaiserve.models.model import Model
+from xaiserve.observability import Metrics
+from xaiserve.runtime.batcher import DynamicBatcher, ImageBudget
+from xaiserve.runtime.onnx_session import OnnxSession
+
+log = logging.getLogger(__name__)
+
+MAX_NAME_LENGTH = 128
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
+def validate_name(value: str, field_name: str) -> str:
+    """Refuse names that could address anything outside the repository.
+
+    Allowed: letters, digits, ``.``, ``_``, ``-``, starting with a letter or digit, at most 128
+    characters. So ``../etc``, ``a/../b``, ``/etc/passwd``, ``..``, NUL and over-long names are
+    INVALID_ARGUMENT, while an odd but valid name such as ``model..1`` reaches NOT_FOUND.
+    """
+    if len(value) > MAX_NAME_LENGTH:
+        raise InvalidInput(f"{field_name} is {len(value)} characters long; the limit is {MAX_NAME_LENGTH}")
+    if not _NAME.fullmatch(value):
+        raise InvalidInput(
+            f"{field_name} {value[:64]!r} is not a valid name: use letters, digits, '.', '_' "
+            "and '-', starting with a letter or digit"
+        )
+    return value
+
+
+def version_key(version: str) -> tuple[int, int | str]:
+    return (1, int(version)) if version.isdigit() else (0, version)
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+@dataclass
+class VersionEntry:
+    version: str
+    model: Model | None = None
+    error: str = ""
+    config: ModelConfig | None = None
+    sha256: str = ""
+
+    @property
+    def ready(self) -> bool:
+        return self.model is not None
+
+
+@dataclass
+class ModelEntry:
+    name: str
+    versions: dict[str, VersionEntry] = field(default_factory=dict)
+
+    def newest_first(self) -> list[VersionEntry]:
+        return sorted(self.versions.values(), key=lambda v: version_key(v.version), reverse=True)
+
+
+class ModelRepository:
+    def __init__(self, root: Path | str, settings: Settings, metrics: Metrics, budget: ImageBudget) -> None:
+        self.root = Path(root).resolve()
+        self.settings = settings
+        self.metrics = metrics
+        self.budget = budget
+        self._models: dict[str, ModelEntry] = {}
+        self._lock = threading.RLock()
+        self.loaded = threading.Event()
+
+    # -- loading -------------------------------------------------------------------------------
+    def load_all(self) -> None:
+        """Load every version found under the root (errors are recorded, never raised)."""
+        if not self.root.is_dir():
+            log.error("model repository %s does not exist", self.root)
+        else:
+            for model_dir in sorted(self.root.iterdir()):
+                if not model_dir.is_dir() or model_dir.name.startswith("."):
+                    continue
+                for version_dir in sorted(model_dir.iterdir()):
+                    if version_dir.is_dir() and not version_dir.name.startswith("."):
+                        self.load_version(model_dir.name, version_dir.name)
+        self._update_ready_gauge()
+        self.loaded.set()
+
+    def load_version(self, name: str, version: str) -> VersionEntry:
+        """(Re)load one version. On failure a previously good version keeps serving."""
+        with self._lock:
+            entry = self._models.setdefault(name, ModelEntry(name))
+            previous = entry.versions.get(version)
+        try:
+            validate_name(name, "model folder")
+            validate_name(version, "version folder")
+            folder = (self.root / name / version).resolve()
+            if self.root not in folder.parents:
+                raise ValueError(f"{folder} resolves outside the repository {self.root}")
+            model = self._build(name, version, folder)
+        except Exception as exc:  # noqa: BLE001 - one bad model must not stop the others
+            message = str(exc) or type(exc).__name__
+            where = f"{name}/{version}"
+            if where not in message:
+                message = f"{where}: {message}"
+            log.error("model %s/%s failed to load: %s", name, version, message, extra={"model": name})
+            self.metrics.model_load_failures_total.labels(model=name).inc()
+            with self._lock:
+                if previous is not None and previous.ready:
+                    previous.error = f"reload failed, still serving the last good load: {message}"
+                    return previous
+                failed = VersionEntry(version=version, error=message)
+                entry.versions[version] = failed
+                self._update_ready_gauge()
+                return failed
+        with self._lock:
+            entry.versions[version] = VersionEntry(
+                version=version, model=model, config=model.config, sha256=model.sha256
+            )
+            self._update_ready_gauge()
+        if previous is not None and previous.model is not None:
+            self.metrics.model_info.labels(
+                model=name, version=version, sha256=previous.sha256,
+                providers=",".join(previous.model.providers),
+            ).set(0)
+            previous.model.close()
+        self.metrics.model_info.labels(
+            model=name, version=version, sha256=model.sha256, providers=",".join(model.providers)
+        ).set(1)
+        log.info(
+            "model %s/%s ready", name, version,
+            extra={"model": name, "version": version, "providers": ",".join(model.providers)},
+        )
+        return entry.versions[version]
+
+    def _build(self, name: str, version: str, folder: Path) -> Model:
+        config = load_config(folder / CONFIG_FILE)
+        onnx_path = folder / MODEL_FILE
+        if not onnx_path.is_file():
+            raise FileNotFoundError(f"{onnx_path}: file missing (every model version needs {MODEL_FILE})")
+        sha = file_sha256(onnx_path)
+        session = OnnxSession(
+            onnx_path,
+            input_name=config.input.name,
+            providers=self.settings.providers,
+            threads=self.settings.intra_op_threads,
+        )
+        batcher = DynamicBatcher(
+            session.run,
+            model=name,
+            version=version,
+            runtime=session.runtime,
+            max_batch_size=config.batching.max_batch_size,
+            max_queue_delay_s=config.batching.max_queue_delay_ms / 1000.0,
+            budget=self.budget,
+            metrics=self.metrics,
+        )
+        model = Model(
+            name=name, version=version, folder=folder, config=config, sha256=sha,
+            batcher=batcher, providers=list(session.providers), input_name=session.input_name,
+            torch_copies=self.settings.torch_copies,
+        )
+        try:
+            _smoke_test(model)
+        except Exception:
+            model.close()
+            raise
+        return model
+
+    def _update_ready_gauge(self) -> None:
+        ready = sum(1 for e in self._models.values() for v in e.versions.values() if v.ready)
+        self.metrics.models_ready.set(ready)
+
+    # -- look-ups ------------------------------------------------------------------------------
+    def get(self, name: str, version: str = "") -> Model:
+        """The ready model for ``name`` (newest ready version when ``version`` is empty)."""
+        validate_name(name, "model")
+        if version:
+            validate_name(version, "version")
+        with self._lock:
+            entry = self._models.get(name)
+            if entry is None:
+                raise ModelNotFound(f"model {name!r} is not in the repository; ListModels shows what is")
+            if version:
+                v = entry.versions.get(version)
+                if v is None:
+                    raise ModelNotFound(f"model {name!r} has no version {version!r}")
+                if v.model is None:
+                    raise Unavailable(f"model {name!r} version {version!r} failed to load: {v.error}")
+                return v.model
+            for v in entry.newest_first():
+                if v.model is not None:
+                    return v.model
+            reason = entry.newest_first()[0].error if entry.versions else "no versions found"
+        raise Unavailable(f"model {name!r} has no version that loaded (newest failed: {reason})")
+
+    def entries(self) -> list[ModelEntry]:
+        with self._lock:
+            return [self._models[k] for k in sorted(self._models)]
+
+    def entry(self, name: str) -> ModelEntry:
+        validate_name(name, "model")
+        with self._lock:
+            found = self._models.get(name)
+        if found is None:
+            raise ModelNotFound(f"model {name!r} is not in the repository; ListModels shows what is")
+        return found
+
+    def ready_models(self) -> list[Model]:
+        with self._lock:
+            return [v.model for e in self._models.values() for v in e.versions.values() if v.model]
+
+    def close(self) -> None:
+        for model in self.ready_models():
+            model.close()
+
+
+def _smoke_test(model: Model) -> None:
+    """One forward pass on a grey image: catches a config that does not fit the graph."""
+    h, w = model.input_size
+    grey = np.full((1, h, w, 3), 127.0, np.float32)
+    out = model.batcher.runner(to_network_input(grey, model.config.input))
+    if out.ndim != 2 or out.shape[1] != model.num_classes:
+        raise ValueError(
+            f"the graph outputs shape {list(out.shape)} but output.labels has {model.num_classes} "
+            "labels: they must match"
+        )

@@ -1,0 +1,168 @@
+"""Prometheus metrics and structured logging.
+
+Metrics take an injected ``CollectorRegistry`` so tests read fresh values. Label values come only
+from the repository and the code (model names that exist, method names that are registered, RPC
+names, status names); a request's unknown model name never becomes a label.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+NAMESPACE = "xaiserve"
+
+# Latency buckets from 1 ms to ~2 min (forward passes on CPU of big models take seconds).
+LATENCY_BUCKETS = (
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0,
+)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+
+
+def batch_bucket(n: int) -> str:
+    """The batch-size bucket label for a forward pass of ``n`` images ("1", "2", "3-4", ...)."""
+    if n <= 1:
+        return "1"
+    if n == 2:
+        return "2"
+    upper = 4
+    while upper < n:
+        upper *= 2
+    return f"{upper // 2 + 1}-{upper}"
+
+
+class Metrics:
+    """All metrics the server exports. Names are the public contract (see README)."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        r = self.registry
+        self.forward_seconds = Histogram(
+            "forward_pass_seconds",
+            "Latency of one forward pass (one batch through the network).",
+            ["model", "version", "runtime", "batch_size"],
+            namespace=NAMESPACE, registry=r, buckets=LATENCY_BUCKETS,
+        )
+        self.batch_images = Histogram(
+            "batch_images",
+            "Images per forward pass.",
+            ["model", "version"],
+            namespace=NAMESPACE, registry=r, buckets=BATCH_BUCKETS,
+        )
+        self.images_total = Counter(
+            "inference_images",
+            "Images through the network (forward passes counted per image).",
+            ["model", "version"],
+            namespace=NAMESPACE, registry=r,
+        )
+        self.queue_wait_seconds = Histogram(
+            "queue_wait_seconds",
+            "Time an image chunk waited in the batch queue before its forward pass.",
+            ["model", "version"],
+            namespace=NAMESPACE, registry=r, buckets=LATENCY_BUCKETS,
+        )
+        self.queue_images = Gauge(
+            "queue_images",
+            "Images waiting in the batch queue.",
+            ["model", "version"],
+            namespace=NAMESPACE, registry=r,
+        )
+        self.request_seconds = Histogram(
+            "request_seconds",
+            "Server-side latency of an RPC, by method for Explain/Score.",
+            ["rpc", "method"],
+            namespace=NAMESPACE, registry=r, buckets=LATENCY_BUCKETS,
+        )
+        self.requests_total = Counter(
+            "requests",
+            "Finished RPCs by status code.",
+            ["rpc", "method", "code"],
+            namespace=NAMESPACE, registry=r,
+        )
+        self.inflight = Gauge(
+            "inflight_requests",
+            "RPCs being handled now.",
+            ["rpc"],
+            namespace=NAMESPACE, registry=r,
+        )
+        self.rejected_total = Counter(
+            "rejected_requests",
+            "Requests refused before or during admission, by reason.",
+            ["reason"],
+            namespace=NAMESPACE, registry=r,
+        )
+        self.dropped_images_total = Counter(
+            "dropped_images",
+            "Queued images dropped before their forward pass (deadline passed or cancelled).",
+            ["model", "version", "reason"],
+            namespace=NAMESPACE, registry=r,
+        )
+        self.model_load_failures_total = Counter(
+            "model_load_failures",
+            "Model versions that failed to load.",
+            ["model"],
+            namespace=NAMESPACE, registry=r,
+        )
+        self.models_ready = Gauge(
+            "models_ready",
+            "Model versions loaded and serving.",
+            namespace=NAMESPACE, registry=r,
+        )
+        self.model_info = Gauge(
+            "model_info",
+            "Loaded model versions (value 1), with their file hash and runtime providers.",
+            ["model", "version", "sha256", "providers"],
+            namespace=NAMESPACE, registry=r,
+        )
+        self.operations = Gauge(
+            "operations",
+            "Long-running operations by kind and state.",
+            ["kind", "state"],
+            namespace=NAMESPACE, registry=r,
+        )
+
+
+def metric_names(metrics: Metrics) -> list[str]:
+    """Every exported sample family name (with namespace), for docs and deployment checks."""
+    names = []
+    for collector in list(metrics.registry._collector_to_names):  # noqa: SLF001
+        for family in collector.describe():
+            names.append(family.name)
+    return sorted(set(names))
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time, level, logger, message, and any ``extra`` fields."""
+
+    _RESERVED = set(vars(logging.makeLogRecord({})).keys()) | {"message", "asctime"}
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+            + f".{int(record.msecs):03d}Z",
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        for key, value in vars(record).items():
+            if key not in self._RESERVED and not key.startswith("_"):
+                entry[key] = value if isinstance(value, (int, float, str, bool)) else str(value)
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry)
+
+
+def configure_logging(level: str = "INFO", fmt: str = "json") -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    if fmt == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())

@@ -1,0 +1,276 @@
+"""Dynamic batching with admission control counted in images.
+
+Concurrent requests' images merge into shared forward passes (up to ``max_batch_size`` images,
+waiting at most ``max_queue_delay`` for a batch to fill). Admission is our own, not gRPC's
+``maximum_concurrent_rpcs``: an :class:`ImageBudget` bounds the images queued across all models;
+a request whose first chunk does not fit is refused at once with RESOURCE_EXHAUSTED, while a
+request already admitted waits for room for its later chunks (it holds at most a couple of
+chunks, so memory stays bounded). Items whose deadline passed or whose client cancelled are
+dropped before a batch forms. A failed batch is retried item by item, so one bad request
+cannot fail its neighbours.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Future, InvalidStateError
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from xaiserve.errors import Cancelled, DeadlineExceeded, Overloaded, Unavailable, XaiserveError
+from xaiserve.observability import Metrics, batch_bucket
+from xaiserve.runtime.context import RequestContext
+
+log = logging.getLogger(__name__)
+
+
+class InferenceFailed(XaiserveError):
+    """The network failed on this item even when run alone (the log has the cause)."""
+
+
+class ImageBudget:
+    """The shared bound on queued images (``max_queued_images``)."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self._used = 0
+        self._cond = threading.Condition()
+
+    @property
+    def used(self) -> int:
+        return self._used
+
+    def try_acquire(self, n: int) -> bool:
+        with self._cond:
+            if self._used + n > self.capacity and self._used > 0:
+                return False
+            self._used += n
+            return True
+
+    def acquire(self, n: int, ctx: RequestContext) -> None:
+        """Wait for room (an admitted request's later chunk), until deadline or cancellation."""
+        with self._cond:
+            while self._used + n > self.capacity and self._used > 0:
+                ctx.check()
+                remaining = ctx.remaining()
+                self._cond.wait(0.05 if remaining is None else max(0.0, min(0.05, remaining)))
+            self._used += n
+
+    def release(self, n: int) -> None:
+        with self._cond:
+            self._used -= n
+            self._cond.notify_all()
+
+
+@dataclass(eq=False)
+class _Item:
+    x: np.ndarray
+    ctx: RequestContext
+    enqueued: float
+    future: Future[np.ndarray] = field(default_factory=Future)
+    taken: int = 0
+    done: int = 0
+    out: np.ndarray | None = None
+
+
+Runner = Callable[[np.ndarray], np.ndarray]
+
+
+class DynamicBatcher:
+    """One worker thread per model version feeding ``runner`` with merged batches."""
+
+    def __init__(
+        self,
+        runner: Runner,
+        *,
+        model: str,
+        version: str,
+        runtime: str,
+        max_batch_size: int,
+        max_queue_delay_s: float,
+        budget: ImageBudget,
+        metrics: Metrics,
+    ) -> None:
+        self.runner = runner
+        self.max_batch_size = max_batch_size
+        self.max_queue_delay_s = max_queue_delay_s
+        self.budget = budget
+        self._labels = {"model": model, "version": version}
+        self._runtime = runtime
+        self._metrics = metrics
+        self._queue: deque[_Item] = deque()
+        self._pending = 0
+        self._cond = threading.Condition()
+        self._closed = False
+        self._thread = threading.Thread(
+            target=self._loop, name=f"batcher-{model}-{version}", daemon=True
+        )
+        self._thread.start()
+
+    @property
+    def queued_images(self) -> int:
+        return self._pending
+
+    def submit(self, x: np.ndarray, ctx: RequestContext) -> Future[np.ndarray]:
+        """Queue ``x`` (≤ max_batch_size network inputs); the future holds its outputs."""
+        n = len(x)
+        if n > self.max_batch_size:
+            raise ValueError(f"chunk of {n} exceeds max_batch_size {self.max_batch_size}")
+        if self._closed:
+            raise Unavailable("the model is being unloaded; retry")
+        if not ctx.has_queued_work:
+            if not self.budget.try_acquire(n):
+                self._metrics.rejected_total.labels(reason="queue_full").inc()
+                raise Overloaded(
+                    f"server busy: {self.budget.used} images queued (max_queued_images="
+                    f"{self.budget.capacity}); retry later with backoff",
+                    reason="queue_full",
+                )
+            ctx.has_queued_work = True
+        else:
+            self.budget.acquire(n, ctx)
+        item = _Item(x=x, ctx=ctx, enqueued=time.monotonic())
+        with self._cond:
+            self._queue.append(item)
+            self._pending += n
+            self._metrics.queue_images.labels(**self._labels).set(self._pending)
+            self._cond.notify()
+        return item.future
+
+    def close(self, timeout: float | None = None) -> None:
+        """Finish what is queued, then stop the worker."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+        self._thread.join(timeout)
+
+    def _loop(self) -> None:
+        while True:
+            parts = self._next_batch()
+            if parts is None:
+                return
+            if parts:
+                self._run(parts)
+
+    def _next_batch(self) -> list[tuple[_Item, int, int]] | None:
+        with self._cond:
+            while not self._queue and not self._closed:
+                self._cond.wait()
+            if not self._queue:
+                return None
+            oldest = self._queue[0].enqueued
+            while self._pending < self.max_batch_size and not self._closed:
+                remaining = oldest + self.max_queue_delay_s - time.monotonic()
+                if remaining <= 0:
+                    break
+                self._cond.wait(remaining)
+            parts: list[tuple[_Item, int, int]] = []
+            count = 0
+            now = time.monotonic()
+            while self._queue and count < self.max_batch_size:
+                item = self._queue[0]
+                if item.future.done() or item.ctx.cancelled.is_set() or item.ctx.expired():
+                    self._queue.popleft()
+                    self._drop(item)
+                    continue
+                take = min(len(item.x) - item.taken, self.max_batch_size - count)
+                if item.taken == 0:
+                    waited = now - item.enqueued
+                    self._metrics.queue_wait_seconds.labels(**self._labels).observe(waited)
+                    item.ctx.record_batch(0, 0.0, waited)
+                parts.append((item, item.taken, item.taken + take))
+                item.taken += take
+                count += take
+                if item.taken == len(item.x):
+                    self._queue.popleft()
+            self._pending -= count
+            self._metrics.queue_images.labels(**self._labels).set(self._pending)
+            return parts
+
+    def _drop(self, item: _Item) -> None:
+        left = len(item.x) - item.taken
+        self._pending -= left
+        self.budget.release(left)
+        if item.future.done():
+            return
+        reason = "cancelled" if item.ctx.cancelled.is_set() else "deadline"
+        self._metrics.dropped_images_total.labels(**self._labels, reason=reason).inc(left)
+        self._metrics.rejected_total.labels(reason=reason).inc()
+        exc: XaiserveError = (
+            Cancelled("the request was cancelled")
+            if reason == "cancelled"
+            else DeadlineExceeded("the request's deadline passed while its images were queued")
+        )
+        _settle(item.future, exc=exc)
+
+    def _run(self, parts: list[tuple[_Item, int, int]]) -> None:
+        count = sum(b - a for _, a, b in parts)
+        if len(parts) == 1 and parts[0][1] == 0 and parts[0][2] == len(parts[0][0].x):
+            batch = parts[0][0].x
+        else:
+            batch = np.concatenate([item.x[a:b] for item, a, b in parts])
+        start = time.perf_counter()
+        try:
+            out = self.runner(batch)
+            elapsed = time.perf_counter() - start
+            self._observe(count, elapsed)
+            offset = 0
+            for item, a, b in parts:
+                self._deliver(item, a, b, out[offset : offset + (b - a)], elapsed)
+                offset += b - a
+        except Exception:  # noqa: BLE001 - isolate the failing item below
+            log.warning("batch of %d failed; retrying its items one by one", count, exc_info=True)
+            for item, a, b in parts:
+                if item.future.done():
+                    continue
+                t0 = time.perf_counter()
+                try:
+                    single = self.runner(item.x[a:b])
+                except Exception:  # noqa: BLE001
+                    log.exception("inference failed for one request's images")
+                    _settle(
+                        item.future,
+                        exc=InferenceFailed("inference failed for this input; see the server log"),
+                    )
+                    continue
+                elapsed = time.perf_counter() - t0
+                self._observe(b - a, elapsed)
+                self._deliver(item, a, b, single, elapsed)
+        finally:
+            self.budget.release(count)
+
+    def _observe(self, n: int, seconds: float) -> None:
+        self._metrics.forward_seconds.labels(
+            **self._labels, runtime=self._runtime, batch_size=batch_bucket(n)
+        ).observe(seconds)
+        self._metrics.batch_images.labels(**self._labels).observe(n)
+        self._metrics.images_total.labels(**self._labels).inc(n)
+
+    def _deliver(self, item: _Item, a: int, b: int, out: np.ndarray, seconds: float) -> None:
+        if item.future.done():
+            return
+        if item.out is None:
+            item.out = np.empty((len(item.x),) + out.shape[1:], dtype=np.float32)
+        item.out[a:b] = out
+        item.done += b - a
+        item.ctx.record_batch(b - a, seconds, 0.0)
+        if item.done == len(item.x):
+            _settle(item.future, result=item.out)
+
+
+def _settle(
+    future: Future[np.ndarray], result: np.ndarray | None = None, exc: BaseException | None = None
+) -> None:
+    """Complete a future unless its waiter already gave up (cancelled it)."""
+    try:
+        if exc is not None:
+            future.set_exception(exc)
+        else:
+            future.set_result(result)  # type: ignore[arg-type]
+    except InvalidStateError:
+        pass

@@ -1,0 +1,71 @@
+"""Per-request state the runtime needs without methods passing it around.
+
+The API layer opens a :class:`RequestContext` (deadline, cancellation, counters) for each RPC
+and binds it to the handling thread with :func:`bind`; ``Model.predict`` reads it to attach the
+deadline to queued work, count forward passes and stop at the next batch boundary once the
+client has gone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+from xaiserve.errors import Cancelled, DeadlineExceeded
+
+
+@dataclass
+class RequestContext:
+    deadline: float | None = None  # time.monotonic() value
+    cancelled: threading.Event = field(default_factory=threading.Event)
+    forward_passes: int = 0
+    inference_seconds: float = 0.0
+    queue_seconds: float = 0.0
+    has_queued_work: bool = False
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def remaining(self) -> float | None:
+        return None if self.deadline is None else self.deadline - time.monotonic()
+
+    def expired(self) -> bool:
+        return self.deadline is not None and time.monotonic() >= self.deadline
+
+    def check(self) -> None:
+        """Raise if the client cancelled or the deadline passed."""
+        if self.cancelled.is_set():
+            raise Cancelled("the request was cancelled")
+        if self.expired():
+            raise DeadlineExceeded("the request's deadline passed before its work finished")
+
+    def record_batch(self, images: int, seconds: float, queued: float) -> None:
+        with self._lock:
+            self.forward_passes += images
+            self.inference_seconds += seconds
+            self.queue_seconds += queued
+
+
+_current: contextvars.ContextVar[RequestContext | None] = contextvars.ContextVar(
+    "xaiserve_request", default=None
+)
+
+
+def current() -> RequestContext:
+    """The bound context, or a fresh unbounded one (library use without the server)."""
+    ctx = _current.get()
+    if ctx is None:
+        ctx = RequestContext()
+        _current.set(ctx)
+    return ctx
+
+
+@contextlib.contextmanager
+def bind(ctx: RequestContext) -> Iterator[RequestContext]:
+    token = _current.set(ctx)
+    try:
+        yield ctx
+    finally:
+        _current.reset(token)

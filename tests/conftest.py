@@ -1,0 +1,76 @@
+"""Shared fixtures: a real server on a loopback port over a repository built in the test."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DEMO_MODEL_DIR = REPO_ROOT / "models"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _quiet_threads() -> None:
+    try:
+        import torch
+
+        torch.set_num_threads(1)
+    except ImportError:
+        pass
+
+
+@pytest.fixture
+def region_masks() -> tuple[np.ndarray, np.ndarray]:
+    """Two disjoint regions of a 16×16 grid: top-left 6×6 (class 0) and bottom-right 5×5."""
+    a = np.zeros((16, 16), bool)
+    a[1:7, 1:7] = True
+    b = np.zeros((16, 16), bool)
+    b[10:15, 9:14] = True
+    return a, b
+
+
+ServerFactory = Callable[..., tuple[object, int]]
+
+
+@pytest.fixture
+def start_server(tmp_path: Path) -> Iterator[ServerFactory]:
+    """Start real servers (``create_server``) and stop them after the test."""
+    from xaiserve.api.server import create_server
+    from xaiserve.config import Settings
+
+    started: list[object] = []
+
+    def start(models_dir: Path | str | None = None, **overrides: object) -> tuple[object, int]:
+        settings = Settings(
+            host="127.0.0.1", port=0, metrics_port=0,
+            models_dir=str(models_dir if models_dir is not None else tmp_path / "repo"),
+            log_format="text",
+        ).replace(**overrides)
+        server, port = create_server(settings)
+        started.append(server)
+        return server, port
+
+    yield start
+    for server in started:
+        server.stop(grace=1.0)  # type: ignore[attr-defined]
+
+
+@pytest.fixture
+def channel_to() -> Iterator[Callable[[int], grpc.Channel]]:
+    channels: list[grpc.Channel] = []
+
+    def make(port: int) -> grpc.Channel:
+        ch = grpc.insecure_channel(f"127.0.0.1:{port}")
+        channels.append(ch)
+        return ch
+
+    yield make
+    for ch in channels:
+        ch.close()

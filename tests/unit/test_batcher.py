@@ -1,0 +1,165 @@
+"""The dynamic batcher: merging, routing, admission counts, deadlines, failure isolation.
+
+The runner here stands in for ``onnxruntime.InferenceSession.run`` (a numpy function that
+records the batches it sees); everything else is the real batcher and request context.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from xaiserve.errors import DeadlineExceeded, Overloaded
+from xaiserve.observability import Metrics
+from xaiserve.runtime.batcher import DynamicBatcher, ImageBudget, InferenceFailed
+from xaiserve.runtime.context import RequestContext, bind
+
+
+class Recorder:
+    """out[i] = [sum of image i, batch size]; optionally blocks or fails on a marker."""
+
+    def __init__(self) -> None:
+        self.batches: list[int] = []
+        self.seen_markers: list[float] = []
+        self.gate = threading.Event()
+        self.gate.set()
+        self.started = threading.Event()
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        self.started.set()
+        self.gate.wait(10)
+        self.batches.append(len(x))
+        self.seen_markers.extend(float(v) for v in x[:, 0])
+        if np.isnan(x).any():
+            raise ValueError("poisoned input")
+        return np.stack([x.reshape(len(x), -1).sum(axis=1), np.full(len(x), len(x))], axis=1)
+
+
+def make(runner: Recorder, metrics: Metrics, capacity: int = 1000, mb: int = 32, delay: float = 0.05) -> DynamicBatcher:
+    return DynamicBatcher(
+        runner, model="m", version="1", runtime="test", max_batch_size=mb,
+        max_queue_delay_s=delay, budget=ImageBudget(capacity), metrics=metrics,
+    )
+
+
+def test_concurrent_requests_share_forward_passes_and_get_their_own_results() -> None:
+    runner, metrics = Recorder(), Metrics()
+    batcher = make(runner, metrics)
+
+    def request(i: int) -> np.ndarray:
+        x = np.full((4, 2), float(i), np.float32)
+        return batcher.submit(x, RequestContext()).result(5)
+
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(request, range(8)))
+    batcher.close()
+    for i, out in enumerate(results):
+        np.testing.assert_array_equal(out[:, 0], np.full(4, 2.0 * i))
+    assert sum(runner.batches) == 32
+    assert len(runner.batches) < 8, runner.batches  # merged into shared batches
+    assert metrics.registry.get_sample_value("xaiserve_inference_images_total", {"model": "m", "version": "1"}) == 32
+
+
+def test_item_larger_than_free_batch_space_is_split_across_batches() -> None:
+    runner, metrics = Recorder(), Metrics()
+    batcher = make(runner, metrics, mb=8, delay=0.0)
+    futs = [batcher.submit(np.full((6, 1), float(i), np.float32), RequestContext()) for i in range(3)]
+    outs = [f.result(5) for f in futs]
+    batcher.close()
+    assert all(len(o) == 6 for o in outs)
+    assert max(runner.batches) <= 8 and sum(runner.batches) == 18
+
+
+def test_admission_refuses_exactly_the_overflow() -> None:
+    """1 saturating image holds the runner; Q more fit the budget; N − Q are refused at once."""
+    q, n = 5, 12
+    runner, metrics = Recorder(), Metrics()
+    runner.gate.clear()
+    batcher = make(runner, metrics, capacity=1 + q, mb=1, delay=0.0)
+    first = batcher.submit(np.zeros((1, 1), np.float32), RequestContext())
+    assert runner.started.wait(5)
+    accepted, refused = [], 0
+    for _ in range(n):
+        try:
+            accepted.append(batcher.submit(np.zeros((1, 1), np.float32), RequestContext()))
+        except Overloaded as exc:
+            refused += 1
+            assert "max_queued_images" in str(exc)
+    assert refused == n - q and len(accepted) == q
+    assert metrics.registry.get_sample_value("xaiserve_rejected_requests_total", {"reason": "queue_full"}) == n - q
+    runner.gate.set()
+    first.result(5)
+    for fut in accepted:
+        fut.result(5)
+    batcher.close()
+    assert batcher.budget.used == 0
+
+
+def test_expired_queued_work_never_runs() -> None:
+    runner, metrics = Recorder(), Metrics()
+    runner.gate.clear()
+    batcher = make(runner, metrics, mb=1, delay=0.0)
+    blocker = batcher.submit(np.zeros((1, 1), np.float32), RequestContext())
+    assert runner.started.wait(5)
+    late = RequestContext(deadline=time.monotonic() + 0.05)
+    fut = batcher.submit(np.full((1, 1), 42.0, np.float32), late)
+    time.sleep(0.1)
+    runner.gate.set()
+    blocker.result(5)
+    with pytest.raises(DeadlineExceeded):
+        fut.result(5)
+    batcher.close()
+    assert 42.0 not in runner.seen_markers
+    assert metrics.registry.get_sample_value(
+        "xaiserve_dropped_images_total", {"model": "m", "version": "1", "reason": "deadline"}
+    ) == 1
+
+
+def test_a_poisoned_item_fails_alone() -> None:
+    runner, metrics = Recorder(), Metrics()
+    runner.gate.clear()
+    batcher = make(runner, metrics, mb=16, delay=0.0)
+    blocker = batcher.submit(np.zeros((1, 1), np.float32), RequestContext())
+    assert runner.started.wait(5)
+    good1 = batcher.submit(np.full((2, 1), 1.0, np.float32), RequestContext())
+    bad = batcher.submit(np.full((2, 1), np.nan, np.float32), RequestContext())
+    good2 = batcher.submit(np.full((2, 1), 3.0, np.float32), RequestContext())
+    runner.gate.set()
+    blocker.result(5)
+    np.testing.assert_array_equal(good1.result(5)[:, 0], [1.0, 1.0])
+    np.testing.assert_array_equal(good2.result(5)[:, 0], [3.0, 3.0])
+    with pytest.raises(InferenceFailed):
+        bad.result(5)
+    batcher.close()
+    assert 6 in runner.batches  # the three were first tried together
+
+
+def test_predict_streams_chunks_in_bounded_memory(tmp_path: Path) -> None:
+    """A lazily generated stream is consumed a couple of batches ahead, never all at once."""
+    from tests.support import load_onnx_model, region_logit_model
+
+    mask = np.zeros((8, 8), bool)
+    mask[:4, :4] = True
+    metrics = Metrics()
+    model = load_onnx_model(region_logit_model(8, 8, [mask, ~mask]), tmp_path, height=8, width=8,
+                            max_batch_size=4, metrics=metrics)
+    ahead: list[float] = []
+
+    def chunks():  # type: ignore[no-untyped-def]
+        for i in range(50):
+            done = metrics.registry.get_sample_value(
+                "xaiserve_inference_images_total", {"model": "test", "version": "1"}) or 0.0
+            ahead.append(i * 4 - done)
+            yield np.full((4, 8, 8, 3), float(i), np.float32)
+
+    with bind(RequestContext()):
+        out = model.predict(chunks(), output="raw")
+    model.close()
+    assert out.shape == (200, 2)
+    np.testing.assert_allclose(out[::4, 0], np.arange(50, dtype=np.float32), rtol=1e-5)
+    assert max(ahead) <= 2 * 4 + 1  # submitted but unprocessed images never exceed two batches
