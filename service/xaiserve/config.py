@@ -54,7 +54,8 @@ class Settings:
     tls_key: str = ""
     tls_client_ca: str = ""  # set → mutual TLS (client certificates required)
     auth_tokens_file: str = ""  # one bearer token per line; set → auth required
-    operations_dir: str = ""  # where long-running operations persist; default models_dir/.ops
+    operations_dir: str = ""  # where long-running operations persist ("" = in memory only)
+    datasets_dir: str = ""  # server-side data-set folders for EvaluateDataset/FitGad ("" = none)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:

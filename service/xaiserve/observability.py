@@ -19,7 +19,22 @@ NAMESPACE = "xaiserve"
 
 # Latency buckets from 1 ms to ~2 min (forward passes on CPU of big models take seconds).
 LATENCY_BUCKETS = (
-    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+    60.0,
+    120.0,
 )
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 
@@ -46,94 +61,108 @@ class Metrics:
             "forward_pass_seconds",
             "Latency of one forward pass (one batch through the network).",
             ["model", "version", "runtime", "batch_size"],
-            namespace=NAMESPACE, registry=r, buckets=LATENCY_BUCKETS,
+            namespace=NAMESPACE,
+            registry=r,
+            buckets=LATENCY_BUCKETS,
         )
         self.batch_images = Histogram(
             "batch_images",
             "Images per forward pass.",
             ["model", "version"],
-            namespace=NAMESPACE, registry=r, buckets=BATCH_BUCKETS,
+            namespace=NAMESPACE,
+            registry=r,
+            buckets=BATCH_BUCKETS,
         )
         self.images_total = Counter(
             "inference_images",
             "Images through the network (forward passes counted per image).",
             ["model", "version"],
-            namespace=NAMESPACE, registry=r,
+            namespace=NAMESPACE,
+            registry=r,
         )
         self.queue_wait_seconds = Histogram(
             "queue_wait_seconds",
             "Time an image chunk waited in the batch queue before its forward pass.",
             ["model", "version"],
-            namespace=NAMESPACE, registry=r, buckets=LATENCY_BUCKETS,
+            namespace=NAMESPACE,
+            registry=r,
+            buckets=LATENCY_BUCKETS,
         )
         self.queue_images = Gauge(
             "queue_images",
             "Images waiting in the batch queue.",
             ["model", "version"],
-            namespace=NAMESPACE, registry=r,
+            namespace=NAMESPACE,
+            registry=r,
         )
         self.request_seconds = Histogram(
             "request_seconds",
             "Server-side latency of an RPC, by method for Explain/Score.",
             ["rpc", "method"],
-            namespace=NAMESPACE, registry=r, buckets=LATENCY_BUCKETS,
+            namespace=NAMESPACE,
+            registry=r,
+            buckets=LATENCY_BUCKETS,
         )
         self.requests_total = Counter(
             "requests",
             "Finished RPCs by status code.",
             ["rpc", "method", "code"],
-            namespace=NAMESPACE, registry=r,
+            namespace=NAMESPACE,
+            registry=r,
         )
         self.inflight = Gauge(
             "inflight_requests",
             "RPCs being handled now.",
             ["rpc"],
-            namespace=NAMESPACE, registry=r,
+            namespace=NAMESPACE,
+            registry=r,
         )
         self.rejected_total = Counter(
             "rejected_requests",
             "Requests refused before or during admission, by reason.",
             ["reason"],
-            namespace=NAMESPACE, registry=r,
+            namespace=NAMESPACE,
+            registry=r,
         )
         self.dropped_images_total = Counter(
             "dropped_images",
             "Queued images dropped before their forward pass (deadline passed or cancelled).",
             ["model", "version", "reason"],
-            namespace=NAMESPACE, registry=r,
+            namespace=NAMESPACE,
+            registry=r,
         )
         self.model_load_failures_total = Counter(
             "model_load_failures",
             "Model versions that failed to load.",
             ["model"],
-            namespace=NAMESPACE, registry=r,
+            namespace=NAMESPACE,
+            registry=r,
         )
         self.models_ready = Gauge(
             "models_ready",
             "Model versions loaded and serving.",
-            namespace=NAMESPACE, registry=r,
+            namespace=NAMESPACE,
+            registry=r,
         )
         self.model_info = Gauge(
             "model_info",
             "Loaded model versions (value 1), with their file hash and runtime providers.",
             ["model", "version", "sha256", "providers"],
-            namespace=NAMESPACE, registry=r,
+            namespace=NAMESPACE,
+            registry=r,
         )
         self.operations = Gauge(
             "operations",
             "Long-running operations by kind and state.",
             ["kind", "state"],
-            namespace=NAMESPACE, registry=r,
+            namespace=NAMESPACE,
+            registry=r,
         )
 
 
 def metric_names(metrics: Metrics) -> list[str]:
     """Every exported sample family name (with namespace), for docs and deployment checks."""
-    names = []
-    for collector in list(metrics.registry._collector_to_names):  # noqa: SLF001
-        for family in collector.describe():
-            names.append(family.name)
-    return sorted(set(names))
+    return sorted({family.name for family in metrics.registry.collect()})
 
 
 class JsonFormatter(logging.Formatter):

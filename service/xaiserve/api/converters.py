@@ -26,10 +26,14 @@ def image_from_proto(image: pb.Image, limits: ImageLimits, field: str = "image")
     if kind == "tensor":
         t = image.tensor
         return decode_tensor(t.dtype, list(t.shape), t.data, limits)
-    raise InvalidInput(f"{field} is missing: set {field}.encoded (PNG/JPEG bytes) or {field}.tensor")
+    raise InvalidInput(
+        f"{field} is missing: set {field}.encoded (PNG/JPEG bytes) or {field}.tensor"
+    )
 
 
-def model_image(image: pb.Image, model: Model, limits: ImageLimits, field: str = "image") -> np.ndarray:
+def model_image(
+    image: pb.Image, model: Model, limits: ImageLimits, field: str = "image"
+) -> np.ndarray:
     """Decode and bring to the model's input grid."""
     return fit_to_input(image_from_proto(image, limits, field), model.config.input)
 
@@ -65,7 +69,9 @@ def resolve_class(ref: pb.ClassRef, model: Model, field: str) -> int | None:
         return model.labels.index(ref.label)
     except ValueError:
         shown = ", ".join(model.labels[:20])
-        raise InvalidInput(f"{field}.label {ref.label[:64]!r} is not a label of {model.name!r} ({shown})") from None
+        raise InvalidInput(
+            f"{field}.label {ref.label[:64]!r} is not a label of {model.name!r} ({shown})"
+        ) from None
 
 
 def message_to_mapping(message: Message) -> dict[str, Any]:
@@ -74,7 +80,7 @@ def message_to_mapping(message: Message) -> dict[str, Any]:
     for fd, value in message.ListFields():
         if fd.message_type is not None and fd.message_type.GetOptions().map_entry:
             out[fd.name] = dict(value)
-        elif fd.label == fd.LABEL_REPEATED:
+        elif fd.is_repeated:
             out[fd.name] = [message_to_mapping(v) if isinstance(v, Message) else v for v in value]
         elif isinstance(value, Message):
             out[fd.name] = message_to_mapping(value)
@@ -109,7 +115,9 @@ def _plain(value: Any) -> Any:
     return str(value)
 
 
-def provenance(model: Model, method: str, params: dict[str, Any], seed: int | None, backend: str) -> pb.Provenance:
+def provenance(
+    model: Model, method: str, params: dict[str, Any], seed: int | None, backend: str
+) -> pb.Provenance:
     p = pb.Provenance(
         model=model.name,
         version=model.version,
@@ -143,10 +151,15 @@ def version_info(entry_version: Any) -> pb.ModelVersionInfo:
     info.state = pb.ModelVersionInfo.READY
     info.input.CopyFrom(
         pb.InputSpec(
-            height=cfg.input.height, width=cfg.input.width, layout=cfg.input.layout,
-            channel_order=cfg.input.channel_order, resize=cfg.input.resize,
-            value_range=list(cfg.input.value_range), mean=list(cfg.input.mean),
-            std=list(cfg.input.std), input_name=model.input_name,
+            height=cfg.input.height,
+            width=cfg.input.width,
+            layout=cfg.input.layout,
+            channel_order=cfg.input.channel_order,
+            resize=cfg.input.resize,
+            value_range=list(cfg.input.value_range),
+            mean=list(cfg.input.mean),
+            std=list(cfg.input.std),
+            input_name=model.input_name,
         )
     )
     info.labels.extend(cfg.output.labels)
@@ -161,4 +174,3 @@ def version_info(entry_version: Any) -> pb.ModelVersionInfo:
 
 def model_info(entry: ModelEntry) -> pb.ModelInfo:
     return pb.ModelInfo(name=entry.name, versions=[version_info(v) for v in entry.newest_first()])
-

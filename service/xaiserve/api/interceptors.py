@@ -38,7 +38,9 @@ class RpcInfo:
     method: str = UNKNOWN_METHOD
 
 
-_rpc_info: contextvars.ContextVar[RpcInfo | None] = contextvars.ContextVar("xaiserve_rpc", default=None)
+_rpc_info: contextvars.ContextVar[RpcInfo | None] = contextvars.ContextVar(
+    "xaiserve_rpc", default=None
+)
 
 
 def set_method_label(name: str) -> None:
@@ -120,22 +122,31 @@ class ServiceInterceptor(grpc.ServerInterceptor):
         self.admission = admission
 
     def intercept_service(
-        self, continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler | None],
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler | None],
         details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler | None:
         handler = continuation(details)
         if handler is None or not details.method.startswith(SERVICE_PREFIX):
             return handler
-        rpc = details.method[len(SERVICE_PREFIX):]
+        rpc = details.method[len(SERVICE_PREFIX) :]
         kind = _kind(handler)
         if self.admission.draining.is_set():
             self.metrics.rejected_total.labels(reason="draining").inc()
-            self.metrics.requests_total.labels(rpc=rpc, method=UNKNOWN_METHOD, code="UNAVAILABLE").inc()
+            self.metrics.requests_total.labels(
+                rpc=rpc, method=UNKNOWN_METHOD, code="UNAVAILABLE"
+            ).inc()
             return _abort_handler(
-                grpc.StatusCode.UNAVAILABLE, "server is shutting down; retry on another replica", kind
+                grpc.StatusCode.UNAVAILABLE,
+                "server is shutting down; retry on another replica",
+                kind,
             )
         behaviour = getattr(handler, kind)
-        wrapped = self._wrap_unary(rpc, behaviour) if kind in ("unary_unary", "stream_unary") else self._wrap_stream(rpc, behaviour)
+        wrapped = (
+            self._wrap_unary(rpc, behaviour)
+            if kind in ("unary_unary", "stream_unary")
+            else self._wrap_stream(rpc, behaviour)
+        )
         factory = getattr(grpc, f"{kind}_rpc_method_handler")
         return factory(  # type: ignore[no-any-return]
             wrapped,
@@ -158,7 +169,9 @@ class ServiceInterceptor(grpc.ServerInterceptor):
 
     def _finish(self, rpc: str, info: RpcInfo, start: float, code: str) -> None:
         self.metrics.requests_total.labels(rpc=rpc, method=info.method, code=code).inc()
-        self.metrics.request_seconds.labels(rpc=rpc, method=info.method).observe(time.perf_counter() - start)
+        self.metrics.request_seconds.labels(rpc=rpc, method=info.method).observe(
+            time.perf_counter() - start
+        )
 
     def _wrap_unary(self, rpc: str, behaviour: Callable[..., Any]) -> Callable[..., Any]:
         def call(request: Any, context: grpc.ServicerContext) -> Any:
@@ -174,7 +187,7 @@ class ServiceInterceptor(grpc.ServerInterceptor):
             code = "OK"
             try:
                 return behaviour(request, context)
-            except Exception as exc:  # noqa: BLE001 - the one place errors become statuses
+            except Exception as exc:
                 code, message = _status_of(exc, rpc)
                 _abort(context, code, message)
             finally:
@@ -184,7 +197,9 @@ class ServiceInterceptor(grpc.ServerInterceptor):
 
         return call
 
-    def _wrap_stream(self, rpc: str, behaviour: Callable[..., Iterator[Any]]) -> Callable[..., Iterator[Any]]:
+    def _wrap_stream(
+        self, rpc: str, behaviour: Callable[..., Iterator[Any]]
+    ) -> Callable[..., Iterator[Any]]:
         def call(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
             start = time.perf_counter()
             info = RpcInfo()
@@ -203,7 +218,7 @@ class ServiceInterceptor(grpc.ServerInterceptor):
             except GeneratorExit:
                 code = "CANCELLED"
                 raise
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:
                 code, message = _status_of(exc, rpc)
                 _abort(context, code, message)
             finally:
@@ -257,7 +272,8 @@ class TokenAuthInterceptor(grpc.ServerInterceptor):
         return ok
 
     def intercept_service(
-        self, continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler | None],
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler | None],
         details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler | None:
         if details.method.startswith(EXEMPT_PREFIXES):
@@ -273,6 +289,7 @@ class TokenAuthInterceptor(grpc.ServerInterceptor):
         handler = continuation(details)
         self._metrics.rejected_total.labels(reason="unauthenticated").inc()
         return _abort_handler(
-            grpc.StatusCode.UNAUTHENTICATED, "authentication required",
+            grpc.StatusCode.UNAUTHENTICATED,
+            "authentication required",
             _kind(handler) if handler is not None else "unary_unary",
         )

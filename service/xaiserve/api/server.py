@@ -40,8 +40,14 @@ class XaiServer:
     """The running server and the parts tests and the lifecycle need to reach."""
 
     def __init__(
-        self, settings: Settings, grpc_server: grpc.Server, port: int, metrics: Metrics,
-        repository: ModelRepository, operations: OperationStore, health_servicer: health.HealthServicer,
+        self,
+        settings: Settings,
+        grpc_server: grpc.Server,
+        port: int,
+        metrics: Metrics,
+        repository: ModelRepository,
+        operations: OperationStore,
+        health_servicer: health.HealthServicer,
         admission: Admission,
     ) -> None:
         self.settings = settings
@@ -153,9 +159,13 @@ def create_server(
     if port == 0:
         raise OSError(f"could not bind {address}")
     grpc_server.start()
-    server = XaiServer(settings, grpc_server, port, metrics, repository, operations, health_servicer, admission)
+    server = XaiServer(
+        settings, grpc_server, port, metrics, repository, operations, health_servicer, admission
+    )
     if settings.metrics_port:
-        httpd, _ = start_http_server(settings.metrics_port, addr=settings.host, registry=metrics.registry)
+        httpd, _ = start_http_server(
+            settings.metrics_port, addr=settings.host, registry=metrics.registry
+        )
         server.metrics_http = httpd
     log.info("listening", extra={"address": address, "port": port, "tls": credentials is not None})
     server.load_models(wait=wait_ready)

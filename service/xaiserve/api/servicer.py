@@ -18,6 +18,7 @@ from xaiserve.config import Settings
 from xaiserve.errors import InvalidInput, LimitExceeded, ModelNotFound, Unimplemented
 from xaiserve.imaging.decode import ImageLimits
 from xaiserve.jobs.operations import OperationStore
+from xaiserve.methods import catalog as _catalog  # noqa: F401 - registers the methods
 from xaiserve.methods import get_method
 from xaiserve.methods.base import Explanation, MethodSpec, Target
 from xaiserve.methods.params import params_from_mapping, params_to_dict
@@ -50,7 +51,9 @@ class ResolvedMethod:
 
 
 class ExplainServicer(pb_grpc.ExplainServiceServicer):
-    def __init__(self, settings: Settings, repository: ModelRepository, operations: OperationStore) -> None:
+    def __init__(
+        self, settings: Settings, repository: ModelRepository, operations: OperationStore
+    ) -> None:
         self.settings = settings
         self.repository = repository
         self.operations = operations
@@ -61,7 +64,9 @@ class ExplainServicer(pb_grpc.ExplainServiceServicer):
         )
 
     # -- models --------------------------------------------------------------------------------
-    def ListModels(self, request: pb.ListModelsRequest, context: grpc.ServicerContext) -> pb.ListModelsResponse:
+    def ListModels(
+        self, request: pb.ListModelsRequest, context: grpc.ServicerContext
+    ) -> pb.ListModelsResponse:
         return pb.ListModelsResponse(models=[conv.model_info(e) for e in self.repository.entries()])
 
     def GetModel(self, request: pb.GetModelRequest, context: grpc.ServicerContext) -> pb.ModelInfo:
@@ -77,11 +82,15 @@ class ExplainServicer(pb_grpc.ExplainServiceServicer):
         return info
 
     # -- predict -------------------------------------------------------------------------------
-    def Predict(self, request: pb.PredictRequest, context: grpc.ServicerContext) -> pb.PredictResponse:
+    def Predict(
+        self, request: pb.PredictRequest, context: grpc.ServicerContext
+    ) -> pb.PredictResponse:
         with rctx.bind(request_context(context)) as ctx:
             return self._predict(request, ctx)
 
-    def PredictStream(self, requests: Iterator[pb.PredictRequest], context: grpc.ServicerContext) -> Iterator[pb.PredictResponse]:
+    def PredictStream(
+        self, requests: Iterator[pb.PredictRequest], context: grpc.ServicerContext
+    ) -> Iterator[pb.PredictResponse]:
         ctx = request_context(context)
         for request in _bounded(requests, self.settings.max_stream_images):
             with rctx.bind(_child(ctx)) as child:
@@ -107,17 +116,23 @@ class ExplainServicer(pb_grpc.ExplainServiceServicer):
         )
 
     # -- explain -------------------------------------------------------------------------------
-    def Explain(self, request: pb.ExplainRequest, context: grpc.ServicerContext) -> pb.ExplainResponse:
+    def Explain(
+        self, request: pb.ExplainRequest, context: grpc.ServicerContext
+    ) -> pb.ExplainResponse:
         with rctx.bind(request_context(context)) as ctx:
             return self._explain(request, ctx)
 
-    def ExplainStream(self, requests: Iterator[pb.ExplainRequest], context: grpc.ServicerContext) -> Iterator[pb.ExplainResponse]:
+    def ExplainStream(
+        self, requests: Iterator[pb.ExplainRequest], context: grpc.ServicerContext
+    ) -> Iterator[pb.ExplainResponse]:
         ctx = request_context(context)
         for request in _bounded(requests, self.settings.max_stream_images):
             with rctx.bind(_child(ctx)) as child:
                 yield self._explain(request, child)
 
-    def resolve_method(self, model: Model, params: pb.MethodParams, field: str = "method") -> ResolvedMethod:
+    def resolve_method(
+        self, model: Model, params: pb.MethodParams, field: str = "method"
+    ) -> ResolvedMethod:
         name, message = conv.method_of(params, field)
         set_method_label(name)
         spec = get_method(name)
@@ -125,9 +140,11 @@ class ExplainServicer(pb_grpc.ExplainServiceServicer):
             raise Unimplemented(
                 f"method {name!r} needs the torch backend, which model {model.name!r} does not have"
             )
-        parsed = params_from_mapping(spec.params_type, conv.message_to_mapping(message), f"{name}.")
-        seed = None
-        if dataclasses.is_dataclass(parsed) and any(f.name == "seed" for f in dataclasses.fields(parsed)):
+        parsed: Any = params_from_mapping(
+            spec.params_type, conv.message_to_mapping(message), f"{name}."
+        )
+        seed: int | None = None
+        if "seed" in {f.name for f in dataclasses.fields(spec.params_type)}:
             seed = parsed.seed if parsed.seed is not None else secrets.randbits(32)
             parsed = dataclasses.replace(parsed, seed=seed)
         cost = int(spec.cost(parsed, model.input_size))
@@ -139,7 +156,9 @@ class ExplainServicer(pb_grpc.ExplainServiceServicer):
             )
         return ResolvedMethod(spec, parsed, params_to_dict(parsed), seed)
 
-    def resolve_target(self, model: Model, image: np.ndarray, target: pb.ClassRef, contrast: pb.ClassRef | None) -> tuple[Target, np.ndarray | None]:
+    def resolve_target(
+        self, model: Model, image: np.ndarray, target: pb.ClassRef, contrast: pb.ClassRef | None
+    ) -> tuple[Target, np.ndarray | None]:
         index = conv.resolve_class(target, model, "target")
         contrast_index = None
         probs = None
@@ -165,15 +184,31 @@ class ExplainServicer(pb_grpc.ExplainServiceServicer):
         explanation = method.spec.explain(model, image, target, method.params)
         method_s = time.perf_counter() - t1
         ctx.check()
-        if probs is None and (explanation.target_probability is None or target.contrast is not None):
+        if probs is None and (
+            explanation.target_probability is None or target.contrast is not None
+        ):
             probs = model.predict(image[None])[0]
         return self._explain_response(
-            request, model, method, target, explanation, probs, _timings(start, decode_s, ctx, method_s), ctx
+            request,
+            model,
+            method,
+            target,
+            explanation,
+            probs,
+            _timings(start, decode_s, ctx, method_s),
+            ctx,
         )
 
     def _explain_response(
-        self, request: pb.ExplainRequest, model: Model, method: ResolvedMethod, target: Target,
-        explanation: Explanation, probs: np.ndarray | None, timings: pb.Timings, ctx: rctx.RequestContext,
+        self,
+        request: pb.ExplainRequest,
+        model: Model,
+        method: ResolvedMethod,
+        target: Target,
+        explanation: Explanation,
+        probs: np.ndarray | None,
+        timings: pb.Timings,
+        ctx: rctx.RequestContext,
     ) -> pb.ExplainResponse:
         p_target = explanation.target_probability
         if probs is not None:
@@ -184,12 +219,16 @@ class ExplainServicer(pb_grpc.ExplainServiceServicer):
             target=conv.class_score(model, target.index, float(p_target or 0.0)),
             forward_passes=ctx.forward_passes,
             timings=timings,
-            provenance=conv.provenance(model, method.spec.name, method.params_dict, method.seed, _backend(method.spec)),
+            provenance=conv.provenance(
+                model, method.spec.name, method.params_dict, method.seed, _backend(method.spec)
+            ),
             method=method.spec.name,
             request_id=request.request_id,
         )
         if target.contrast is not None and probs is not None:
-            response.contrast.CopyFrom(conv.class_score(model, target.contrast, float(probs[target.contrast])))
+            response.contrast.CopyFrom(
+                conv.class_score(model, target.contrast, float(probs[target.contrast]))
+            )
         for key, value in explanation.maps.items():
             response.maps[key].CopyFrom(conv.tensor_to_proto(np.asarray(value)))
         for key, number in explanation.values.items():
@@ -204,26 +243,42 @@ class ExplainServicer(pb_grpc.ExplainServiceServicer):
             return score(self, request, ctx)
 
     # -- operations ----------------------------------------------------------------------------
-    def EvaluateDataset(self, requests: Iterator[pb.EvaluateDatasetRequest], context: grpc.ServicerContext) -> pb.Operation:
+    def EvaluateDataset(
+        self, requests: Iterator[pb.EvaluateDatasetRequest], context: grpc.ServicerContext
+    ) -> pb.Operation:
         from xaiserve.api.operations_api import start_dataset_evaluation
 
         return start_dataset_evaluation(self, requests)
 
-    def FitGad(self, requests: Iterator[pb.FitGadRequest], context: grpc.ServicerContext) -> pb.Operation:
-        raise Unimplemented("FitGad (GAD support-set fitting) is not implemented by this server yet")
+    def FitGad(
+        self, requests: Iterator[pb.FitGadRequest], context: grpc.ServicerContext
+    ) -> pb.Operation:
+        raise Unimplemented(
+            "FitGad (GAD support-set fitting) is not implemented by this server yet"
+        )
 
-    def GetOperation(self, request: pb.OperationRequest, context: grpc.ServicerContext) -> pb.Operation:
+    def GetOperation(
+        self, request: pb.OperationRequest, context: grpc.ServicerContext
+    ) -> pb.Operation:
         return self.operations.get(request.id).to_proto()
 
-    def WatchOperation(self, request: pb.OperationRequest, context: grpc.ServicerContext) -> Iterator[pb.Operation]:
+    def WatchOperation(
+        self, request: pb.OperationRequest, context: grpc.ServicerContext
+    ) -> Iterator[pb.Operation]:
         for snapshot in self.operations.watch(request.id, context.is_active):
             yield snapshot.to_proto()
 
-    def CancelOperation(self, request: pb.OperationRequest, context: grpc.ServicerContext) -> pb.Operation:
+    def CancelOperation(
+        self, request: pb.OperationRequest, context: grpc.ServicerContext
+    ) -> pb.Operation:
         return self.operations.cancel(request.id).to_proto()
 
-    def ListOperations(self, request: pb.ListOperationsRequest, context: grpc.ServicerContext) -> pb.ListOperationsResponse:
-        return pb.ListOperationsResponse(operations=[op.to_proto() for op in self.operations.list()])
+    def ListOperations(
+        self, request: pb.ListOperationsRequest, context: grpc.ServicerContext
+    ) -> pb.ListOperationsResponse:
+        return pb.ListOperationsResponse(
+            operations=[op.to_proto() for op in self.operations.list()]
+        )
 
 
 def _backend(spec: MethodSpec) -> str:
@@ -238,7 +293,9 @@ def _finite(array: np.ndarray, what: str) -> np.ndarray:
     return arr
 
 
-def _timings(start: float, decode_s: float, ctx: rctx.RequestContext, method_s: float = 0.0) -> pb.Timings:
+def _timings(
+    start: float, decode_s: float, ctx: rctx.RequestContext, method_s: float = 0.0
+) -> pb.Timings:
     return pb.Timings(
         total_seconds=time.perf_counter() - start,
         decode_seconds=decode_s,
@@ -258,4 +315,3 @@ def _bounded(items: Iterable[Any], limit: int) -> Iterator[Any]:
         if i >= limit:
             raise LimitExceeded(f"a stream may carry at most {limit} items (max_stream_images)")
         yield item
-

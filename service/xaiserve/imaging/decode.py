@@ -42,19 +42,25 @@ def decode_encoded(data: bytes, limits: ImageLimits) -> np.ndarray:
             img = Image.open(io.BytesIO(data), formats=list(limits.formats))
             width, height = img.size
             _check_pixels(height, width, limits)
-            img = ImageOps.exif_transpose(img) or img
             if getattr(img, "n_frames", 1) > 1:
                 img.seek(0)
-            return _to_rgb_array(img)
+            oriented: Image.Image = ImageOps.exif_transpose(img) or img
+            return _to_rgb_array(oriented)
     except InvalidInput:
         raise
     except UnidentifiedImageError:
         allowed = ", ".join(limits.formats)
-        raise InvalidInput(f"image.encoded could not be decoded: send a valid image in one of {allowed}") from None
+        raise InvalidInput(
+            f"image.encoded could not be decoded: send a valid image in one of {allowed}"
+        ) from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise InvalidInput(f"image declares too many pixels (limit {limits.max_pixels}, max_image_pixels)") from None
+        raise InvalidInput(
+            f"image declares too many pixels (limit {limits.max_pixels}, max_image_pixels)"
+        ) from None
     except (OSError, ValueError, SyntaxError, EOFError, MemoryError, IndexError, TypeError) as exc:
-        raise InvalidInput(f"image.encoded is corrupt or truncated ({type(exc).__name__}): send a complete file") from None
+        raise InvalidInput(
+            f"image.encoded is corrupt or truncated ({type(exc).__name__}): send a complete file"
+        ) from None
 
 
 def _check_pixels(height: int, width: int, limits: ImageLimits) -> None:
@@ -74,7 +80,9 @@ def _to_rgb_array(img: Image.Image) -> np.ndarray:
         gray = (arr / peak * 255.0).astype(np.float32)
         return np.repeat(gray[:, :, None], 3, axis=2)
     if img.mode == "F":
-        raise InvalidInput("image has floating-point pixels: send 8-bit or 16-bit PNG/JPEG, or a tensor")
+        raise InvalidInput(
+            "image has floating-point pixels: send 8-bit or 16-bit PNG/JPEG, or a tensor"
+        )
     if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
         rgba = img.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
@@ -86,7 +94,9 @@ def _to_rgb_array(img: Image.Image) -> np.ndarray:
 def decode_tensor(dtype: str, shape: list[int], data: bytes, limits: ImageLimits) -> np.ndarray:
     """Validate and convert a raw image tensor (H, W, 3), (H, W, 1) or (H, W)."""
     if dtype not in _TENSOR_DTYPES:
-        raise InvalidInput(f"image.tensor.dtype {dtype!r} is not supported: use 'uint8' or 'float32'")
+        raise InvalidInput(
+            f"image.tensor.dtype {dtype!r} is not supported: use 'uint8' or 'float32'"
+        )
     if len(shape) not in (2, 3):
         raise InvalidInput(
             f"image.tensor.shape {list(shape)} has rank {len(shape)}: use (H, W, 3), (H, W, 1) or (H, W)"
@@ -94,10 +104,14 @@ def decode_tensor(dtype: str, shape: list[int], data: bytes, limits: ImageLimits
     if any(d < 1 for d in shape):
         raise InvalidInput(f"image.tensor.shape {list(shape)} has a dimension below 1")
     if len(shape) == 3 and shape[2] not in (1, 3):
-        raise InvalidInput(f"image.tensor.shape {list(shape)}: the last axis must be 3 (RGB) or 1 (gray)")
+        raise InvalidInput(
+            f"image.tensor.shape {list(shape)}: the last axis must be 3 (RGB) or 1 (gray)"
+        )
     height, width = shape[0], shape[1]
     if height > limits.max_pixels or width > limits.max_pixels:
-        raise InvalidInput(f"image.tensor.shape {list(shape)} is over max_image_pixels ({limits.max_pixels})")
+        raise InvalidInput(
+            f"image.tensor.shape {list(shape)} is over max_image_pixels ({limits.max_pixels})"
+        )
     _check_pixels(height, width, limits)
     itemsize = np.dtype(_TENSOR_DTYPES[dtype]).itemsize
     expected = math.prod(shape) * itemsize
@@ -105,13 +119,17 @@ def decode_tensor(dtype: str, shape: list[int], data: bytes, limits: ImageLimits
         raise InvalidInput(
             f"image.tensor.data has {len(data)} bytes but shape {list(shape)} of {dtype} needs {expected}"
         )
-    arr = np.frombuffer(data, dtype=np.dtype(_TENSOR_DTYPES[dtype]).newbyteorder("<")).reshape(shape)
+    arr = np.frombuffer(data, dtype=np.dtype(_TENSOR_DTYPES[dtype]).newbyteorder("<")).reshape(
+        shape
+    )
     out = arr.astype(np.float32)
     if dtype == "float32":
         if not np.isfinite(out).all():
             raise InvalidInput("image.tensor has NaN or infinite values")
         if out.min() < 0.0 or out.max() > 255.0:
-            raise InvalidInput("image.tensor float32 values must lie in 0..255 (scale [0, 1] images by 255)")
+            raise InvalidInput(
+                "image.tensor float32 values must lie in 0..255 (scale [0, 1] images by 255)"
+            )
     if out.ndim == 2:
         out = out[:, :, None]
     if out.shape[2] == 1:
@@ -119,16 +137,24 @@ def decode_tensor(dtype: str, shape: list[int], data: bytes, limits: ImageLimits
     return np.ascontiguousarray(out)
 
 
-def decode_heatmap(dtype: str, shape: list[int], data: bytes, height: int, width: int, field: str) -> np.ndarray:
+def decode_heatmap(
+    dtype: str, shape: list[int], data: bytes, height: int, width: int, field: str
+) -> np.ndarray:
     """A client-supplied heatmap/mask tensor: must be (height, width), finite."""
     if list(shape) != [height, width]:
-        raise InvalidInput(f"{field}.shape {list(shape)} must be the model's input grid [{height}, {width}]")
+        raise InvalidInput(
+            f"{field}.shape {list(shape)} must be the model's input grid [{height}, {width}]"
+        )
     if dtype not in _TENSOR_DTYPES:
         raise InvalidInput(f"{field}.dtype {dtype!r} is not supported: use 'float32' or 'uint8'")
     itemsize = np.dtype(_TENSOR_DTYPES[dtype]).itemsize
     if len(data) != height * width * itemsize:
-        raise InvalidInput(f"{field}.data has {len(data)} bytes; shape {list(shape)} of {dtype} needs {height * width * itemsize}")
-    arr = np.frombuffer(data, dtype=np.dtype(_TENSOR_DTYPES[dtype]).newbyteorder("<")).reshape(height, width)
+        raise InvalidInput(
+            f"{field}.data has {len(data)} bytes; shape {list(shape)} of {dtype} needs {height * width * itemsize}"
+        )
+    arr = np.frombuffer(data, dtype=np.dtype(_TENSOR_DTYPES[dtype]).newbyteorder("<")).reshape(
+        height, width
+    )
     out = arr.astype(np.float32)
     if not np.isfinite(out).all():
         raise InvalidInput(f"{field} has NaN or infinite values")

@@ -53,8 +53,12 @@ class OperationState:
         from xaiserve.v1 import explain_pb2 as pb
 
         op = pb.Operation(
-            id=self.id, kind=self.kind, state=getattr(pb.Operation, self.state),
-            done=self.done, total=self.total, message=self.message,
+            id=self.id,
+            kind=self.kind,
+            state=getattr(pb.Operation, self.state),
+            done=self.done,
+            total=self.total,
+            message=self.message,
         )
         for key, value in self.progress.items():
             op.progress[key] = float(value)
@@ -168,7 +172,9 @@ class OperationStore:
             self._handles[op.id] = handle
             self._persist(op)
             self._count()
-        thread = threading.Thread(target=self._run, args=(op, handle, job), name=f"op-{op.id[:8]}", daemon=True)
+        thread = threading.Thread(
+            target=self._run, args=(op, handle, job), name=f"op-{op.id[:8]}", daemon=True
+        )
         self._threads[op.id] = thread
         thread.start()
         return self.snapshot(op.id)
@@ -184,9 +190,14 @@ class OperationStore:
             result, final, code, message = None, "CANCELLED", "CANCELLED", "cancelled by request"
         except XaiserveError as exc:
             result, final, code, message = None, "FAILED", exc.status.value, exc.message
-        except Exception as exc:  # noqa: BLE001 - a job failure must not take the server down
+        except Exception as exc:
             log.exception("operation %s failed", op.id)
-            result, final, code, message = None, "FAILED", "INTERNAL", f"internal error: {type(exc).__name__}"
+            result, final, code, message = (
+                None,
+                "FAILED",
+                "INTERNAL",
+                f"internal error: {type(exc).__name__}",
+            )
         with self._cond:
             op.state = final
             op.result = result
@@ -234,7 +245,10 @@ class OperationStore:
 
     def list(self) -> list[OperationState]:
         with self._cond:
-            return [OperationState(**asdict(o)) for o in sorted(self._ops.values(), key=lambda o: o.created)]
+            return [
+                OperationState(**asdict(o))
+                for o in sorted(self._ops.values(), key=lambda o: o.created)
+            ]
 
     def cancel(self, op_id: str) -> OperationState:
         with self._cond:
@@ -246,7 +260,9 @@ class OperationStore:
                 self._touch(op)
         return self.snapshot(op_id)
 
-    def watch(self, op_id: str, active: Callable[[], bool], poll: float = 0.5) -> Iterator[OperationState]:
+    def watch(
+        self, op_id: str, active: Callable[[], bool], poll: float = 0.5
+    ) -> Iterator[OperationState]:
         """Snapshots on every change until the operation ends or the watcher goes away."""
         seen = -1
         while True:

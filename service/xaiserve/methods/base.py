@@ -15,7 +15,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Generic, Literal, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import numpy as np
 
@@ -116,15 +116,6 @@ class Explanation:
     maps: dict[str, np.ndarray] = field(default_factory=dict)
     values: dict[str, float] = field(default_factory=dict)
     target_probability: float | None = None
-
-
-P = TypeVar("P")
-ModelT = TypeVar("ModelT", bound=BlackBoxModel, contravariant=True)
-
-
-class ExplainFn(Protocol, Generic[ModelT, P]):
-    def __call__(self, model: ModelT, image: np.ndarray, target: Target, params: P) -> Explanation:
-        ...
 
 
 Backend = Literal["blackbox", "whitebox"]

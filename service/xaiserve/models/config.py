@@ -68,7 +68,9 @@ def load_config(path: Path) -> ModelConfig:
     try:
         raw = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise ConfigError(f"{path}: file missing (every model version needs {CONFIG_FILE})") from None
+        raise ConfigError(
+            f"{path}: file missing (every model version needs {CONFIG_FILE})"
+        ) from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
     return parse_config(raw, str(path))
@@ -81,7 +83,17 @@ def parse_config(raw: dict[str, Any], where: str) -> ModelConfig:
     inp = r.table("input", required=True)
     r.no_unknown(
         inp,
-        {"name", "height", "width", "layout", "channel_order", "resize", "value_range", "mean", "std"},
+        {
+            "name",
+            "height",
+            "width",
+            "layout",
+            "channel_order",
+            "resize",
+            "value_range",
+            "mean",
+            "std",
+        },
         "input.",
     )
     input_cfg = InputConfig(
@@ -101,7 +113,7 @@ def parse_config(raw: dict[str, Any], where: str) -> ModelConfig:
         r.fail("input.std", "every value must be positive")
     out = r.table("output", required=True)
     r.no_unknown(out, {"kind", "labels"}, "output.")
-    labels = out.get("labels")
+    labels: Any = out.get("labels")
     if not isinstance(labels, list) or not labels or not all(isinstance(x, str) for x in labels):
         r.fail("output.labels", "must be a non-empty list of strings")
     if len(set(labels)) != len(labels):
@@ -147,7 +159,9 @@ class _Reader:
     def no_unknown(self, table: dict[str, Any], known: set[str], prefix: str) -> None:
         for key in table:
             if key not in known:
-                self.fail(f"{prefix}{key}", f"is not a known field (known: {', '.join(sorted(known))})")
+                self.fail(
+                    f"{prefix}{key}", f"is not a known field (known: {', '.join(sorted(known))})"
+                )
 
     def table(self, key: str, required: bool) -> dict[str, Any]:
         value = self.raw.get(key)
@@ -170,7 +184,9 @@ class _Reader:
             self.fail(field, "must be a string")
         return cast(str, value)
 
-    def choice(self, table: dict[str, Any], field: str, options: tuple[str, ...], default: str) -> str:
+    def choice(
+        self, table: dict[str, Any], field: str, options: tuple[str, ...], default: str
+    ) -> str:
         value = self.string(table, field, default)
         if value not in options:
             self.fail(field, f"must be one of {', '.join(repr(o) for o in options)}, not {value!r}")

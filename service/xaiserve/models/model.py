@@ -132,7 +132,9 @@ class Model:
     def _check_chunk(self, chunk: np.ndarray) -> None:
         h, w = self.input_size
         if chunk.ndim != 4 or chunk.shape[1:] != (h, w, 3):
-            raise ValueError(f"predict expects (N, {h}, {w}, 3) image-space chunks, got {chunk.shape}")
+            raise ValueError(
+                f"predict expects (N, {h}, {w}, 3) image-space chunks, got {chunk.shape}"
+            )
 
     # -- WhiteBoxModel -------------------------------------------------------------------------
     @property

@@ -40,7 +40,9 @@ def validate_name(value: str, field_name: str) -> str:
     INVALID_ARGUMENT, while an odd but valid name such as ``model..1`` reaches NOT_FOUND.
     """
     if len(value) > MAX_NAME_LENGTH:
-        raise InvalidInput(f"{field_name} is {len(value)} characters long; the limit is {MAX_NAME_LENGTH}")
+        raise InvalidInput(
+            f"{field_name} is {len(value)} characters long; the limit is {MAX_NAME_LENGTH}"
+        )
     if not _NAME.fullmatch(value):
         raise InvalidInput(
             f"{field_name} {value[:64]!r} is not a valid name: use letters, digits, '.', '_' "
@@ -84,7 +86,9 @@ class ModelEntry:
 
 
 class ModelRepository:
-    def __init__(self, root: Path | str, settings: Settings, metrics: Metrics, budget: ImageBudget) -> None:
+    def __init__(
+        self, root: Path | str, settings: Settings, metrics: Metrics, budget: ImageBudget
+    ) -> None:
         self.root = Path(root).resolve()
         self.settings = settings
         self.metrics = metrics
@@ -120,12 +124,14 @@ class ModelRepository:
             if self.root not in folder.parents:
                 raise ValueError(f"{folder} resolves outside the repository {self.root}")
             model = self._build(name, version, folder)
-        except Exception as exc:  # noqa: BLE001 - one bad model must not stop the others
+        except Exception as exc:
             message = str(exc) or type(exc).__name__
             where = f"{name}/{version}"
             if where not in message:
                 message = f"{where}: {message}"
-            log.error("model %s/%s failed to load: %s", name, version, message, extra={"model": name})
+            log.error(
+                "model %s/%s failed to load: %s", name, version, message, extra={"model": name}
+            )
             self.metrics.model_load_failures_total.labels(model=name).inc()
             with self._lock:
                 if previous is not None and previous.ready:
@@ -142,7 +148,9 @@ class ModelRepository:
             self._update_ready_gauge()
         if previous is not None and previous.model is not None:
             self.metrics.model_info.labels(
-                model=name, version=version, sha256=previous.sha256,
+                model=name,
+                version=version,
+                sha256=previous.sha256,
                 providers=",".join(previous.model.providers),
             ).set(0)
             previous.model.close()
@@ -150,7 +158,9 @@ class ModelRepository:
             model=name, version=version, sha256=model.sha256, providers=",".join(model.providers)
         ).set(1)
         log.info(
-            "model %s/%s ready", name, version,
+            "model %s/%s ready",
+            name,
+            version,
             extra={"model": name, "version": version, "providers": ",".join(model.providers)},
         )
         return entry.versions[version]
@@ -159,7 +169,9 @@ class ModelRepository:
         config = load_config(folder / CONFIG_FILE)
         onnx_path = folder / MODEL_FILE
         if not onnx_path.is_file():
-            raise FileNotFoundError(f"{onnx_path}: file missing (every model version needs {MODEL_FILE})")
+            raise FileNotFoundError(
+                f"{onnx_path}: file missing (every model version needs {MODEL_FILE})"
+            )
         sha = file_sha256(onnx_path)
         session = OnnxSession(
             onnx_path,
@@ -178,8 +190,14 @@ class ModelRepository:
             metrics=self.metrics,
         )
         model = Model(
-            name=name, version=version, folder=folder, config=config, sha256=sha,
-            batcher=batcher, providers=list(session.providers), input_name=session.input_name,
+            name=name,
+            version=version,
+            folder=folder,
+            config=config,
+            sha256=sha,
+            batcher=batcher,
+            providers=list(session.providers),
+            input_name=session.input_name,
             torch_copies=self.settings.torch_copies,
         )
         try:
@@ -202,13 +220,17 @@ class ModelRepository:
         with self._lock:
             entry = self._models.get(name)
             if entry is None:
-                raise ModelNotFound(f"model {name!r} is not in the repository; ListModels shows what is")
+                raise ModelNotFound(
+                    f"model {name!r} is not in the repository; ListModels shows what is"
+                )
             if version:
                 v = entry.versions.get(version)
                 if v is None:
                     raise ModelNotFound(f"model {name!r} has no version {version!r}")
                 if v.model is None:
-                    raise Unavailable(f"model {name!r} version {version!r} failed to load: {v.error}")
+                    raise Unavailable(
+                        f"model {name!r} version {version!r} failed to load: {v.error}"
+                    )
                 return v.model
             for v in entry.newest_first():
                 if v.model is not None:
@@ -225,7 +247,9 @@ class ModelRepository:
         with self._lock:
             found = self._models.get(name)
         if found is None:
-            raise ModelNotFound(f"model {name!r} is not in the repository; ListModels shows what is")
+            raise ModelNotFound(
+                f"model {name!r} is not in the repository; ListModels shows what is"
+            )
         return found
 
     def ready_models(self) -> list[Model]:
