@@ -48,6 +48,7 @@ class Settings:
     providers: tuple[str, ...] = ()  # onnxruntime providers; empty = best available
     torch_copies: int = 2  # module copies per model for white-box methods
     drain_seconds: float = 25.0  # SIGTERM: time in-flight requests get to finish
+    model_poll_seconds: float = 0.0  # rescan the repository this often (0 = only on SIGHUP)
     log_level: str = "INFO"
     log_format: str = "json"  # json | text
     tls_cert: str = ""

@@ -75,6 +75,19 @@ class XaiServer:
         if wait:
             self._loader.join()
 
+    def watch_models(self, every: float) -> None:
+        """Rescan the repository every ``every`` seconds (changed files reload atomically)."""
+
+        def loop() -> None:
+            self.repository.loaded.wait()
+            while not self._stopped.wait(every):
+                try:
+                    self.repository.scan()
+                except Exception:  # noqa: BLE001 - the watcher must survive a bad scan
+                    log.exception("repository scan failed")
+
+        threading.Thread(target=loop, name="model-watcher", daemon=True).start()
+
     def begin_drain(self) -> None:
         """Health NOT_SERVING and refuse new RPCs; in-flight ones continue."""
         self.admission.draining.set()
@@ -169,6 +182,8 @@ def create_server(
         server.metrics_http = httpd
     log.info("listening", extra={"address": address, "port": port, "tls": credentials is not None})
     server.load_models(wait=wait_ready)
+    if settings.model_poll_seconds > 0:
+        server.watch_models(settings.model_poll_seconds)
     return server, port
 
 
@@ -181,13 +196,22 @@ def serve(settings: Settings) -> int:
         log.info("signal %s: draining", signal.Signals(signum).name)
         stop.set()
 
+    rescan = threading.Event()
+
+    def on_hangup(signum: int, frame: FrameType | None) -> None:
+        rescan.set()
+
     # Handlers go in before the (slow) model loading so an early SIGTERM still drains cleanly.
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGHUP, on_hangup)
     server, port = create_server(settings, wait_ready=False)
     print(f"xaiserve listening on {settings.host}:{port}", flush=True)
     while not stop.wait(0.5):
-        pass
+        if rescan.is_set() and server.repository.loaded.is_set():
+            rescan.clear()
+            log.info("SIGHUP: rescanning the model repository")
+            server.repository.scan()
     started = time.monotonic()
     server.stop()
     log.info("stopped", extra={"drain_seconds": round(time.monotonic() - started, 3)})

@@ -9,6 +9,7 @@ field, so the client learns what to fix.
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from collections.abc import Mapping
@@ -34,7 +35,9 @@ def params_from_mapping(cls: type[T], mapping: Mapping[str, Any], path: str = ""
     try:
         return cls(**kwargs)
     except (TypeError, ValueError) as exc:
-        raise InvalidInput(f"invalid parameters{' for ' + path.rstrip('.') if path else ''}: {exc}") from exc
+        raise InvalidInput(
+            f"invalid parameters{' for ' + path.rstrip('.') if path else ''}: {exc}"
+        ) from exc
 
 
 def params_to_dict(params: Any) -> dict[str, Any]:
@@ -79,7 +82,9 @@ def _coerce(hint: Any, value: Any, where: str) -> Any:
         key_t, val_t = typing.get_args(hint)
         if not isinstance(value, Mapping):
             raise InvalidInput(f"parameter {where!r} must be a mapping")
-        return {_coerce(key_t, k, where): _coerce(val_t, v, f"{where}[{k!r}]") for k, v in value.items()}
+        return {
+            _coerce(key_t, k, where): _coerce(val_t, v, f"{where}[{k!r}]") for k, v in value.items()
+        }
     if dataclasses.is_dataclass(hint) and isinstance(hint, type):
         if not isinstance(value, Mapping):
             raise InvalidInput(f"parameter {where!r} must be a message")
@@ -97,6 +102,8 @@ def _coerce(hint: Any, value: Any, where: str) -> Any:
     if hint is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise InvalidInput(f"parameter {where!r} must be a number")
+        if not math.isfinite(value):
+            raise InvalidInput(f"parameter {where!r} must be a finite number, not {value!r}")
         return float(value)
     if hint is str:
         if not isinstance(value, str):

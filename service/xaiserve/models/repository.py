@@ -70,6 +70,7 @@ class VersionEntry:
     error: str = ""
     config: ModelConfig | None = None
     sha256: str = ""
+    stamp: tuple[tuple[int, int], ...] = ()  # (mtime_ns, size) of the files at the last attempt
 
     @property
     def ready(self) -> bool:
@@ -112,11 +113,31 @@ class ModelRepository:
         self._update_ready_gauge()
         self.loaded.set()
 
+    def scan(self) -> list[str]:
+        """Load versions that appeared and reload those whose files changed since the last
+        attempt (a failed reload keeps the last good load serving). Returns what it (re)loaded."""
+        touched = []
+        if not self.root.is_dir():
+            return touched
+        for model_dir in sorted(self.root.iterdir()):
+            if not model_dir.is_dir() or model_dir.name.startswith("."):
+                continue
+            for version_dir in sorted(model_dir.iterdir()):
+                if not version_dir.is_dir() or version_dir.name.startswith("."):
+                    continue
+                with self._lock:
+                    known = self._models.get(model_dir.name, ModelEntry("")).versions.get(version_dir.name)
+                if known is None or known.stamp != _stamp(version_dir):
+                    self.load_version(model_dir.name, version_dir.name)
+                    touched.append(f"{model_dir.name}/{version_dir.name}")
+        return touched
+
     def load_version(self, name: str, version: str) -> VersionEntry:
         """(Re)load one version. On failure a previously good version keeps serving."""
         with self._lock:
             entry = self._models.setdefault(name, ModelEntry(name))
             previous = entry.versions.get(version)
+        stamp = _stamp(self.root / name / version)
         try:
             validate_name(name, "model folder")
             validate_name(version, "version folder")
@@ -136,14 +157,15 @@ class ModelRepository:
             with self._lock:
                 if previous is not None and previous.ready:
                     previous.error = f"reload failed, still serving the last good load: {message}"
+                    previous.stamp = stamp
                     return previous
-                failed = VersionEntry(version=version, error=message)
+                failed = VersionEntry(version=version, error=message, stamp=stamp)
                 entry.versions[version] = failed
                 self._update_ready_gauge()
                 return failed
         with self._lock:
             entry.versions[version] = VersionEntry(
-                version=version, model=model, config=model.config, sha256=model.sha256
+                version=version, model=model, config=model.config, sha256=model.sha256, stamp=stamp
             )
             self._update_ready_gauge()
         if previous is not None and previous.model is not None:
@@ -153,7 +175,11 @@ class ModelRepository:
                 sha256=previous.sha256,
                 providers=",".join(previous.model.providers),
             ).set(0)
-            previous.model.close()
+            # Requests that already hold the old model finish on it; close it a little later.
+            old = previous.model
+            timer = threading.Timer(self.settings.drain_seconds, old.close)
+            timer.daemon = True
+            timer.start()
         self.metrics.model_info.labels(
             model=name, version=version, sha256=model.sha256, providers=",".join(model.providers)
         ).set(1)
@@ -271,3 +297,14 @@ def _smoke_test(model: Model) -> None:
             f"the graph outputs shape {list(out.shape)} but output.labels has {model.num_classes} "
             "labels: they must match"
         )
+
+
+def _stamp(folder: Path) -> tuple[tuple[int, int], ...]:
+    out = []
+    for name in (CONFIG_FILE, MODEL_FILE):
+        try:
+            st = (folder / name).stat()
+            out.append((st.st_mtime_ns, st.st_size))
+        except OSError:
+            out.append((0, -1))
+    return tuple(out)

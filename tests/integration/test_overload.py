@@ -1,0 +1,114 @@
+"""Overload, deadlines and concurrency correctness through the real server (checks L3, D1, C1)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+
+from tests.support import region_logit_model, write_model_folder
+from xaiserve.v1 import explain_pb2 as pb
+from xaiserve.v1 import explain_pb2_grpc as pb_grpc
+
+SIZE = 32
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> Path:
+    a = np.zeros((SIZE, SIZE), bool)
+    a[2:12, 2:12] = True
+    b = np.zeros((SIZE, SIZE), bool)
+    b[18:30, 16:30] = True
+    write_model_folder(region_logit_model(SIZE, SIZE, [a, b], gain=0.05), tmp_path / "repo",
+                       height=SIZE, width=SIZE, name="m")
+    return tmp_path / "repo"
+
+
+def image_msg(seed: int) -> pb.Image:
+    img = np.random.default_rng(seed).integers(0, 256, (SIZE, SIZE, 3), dtype=np.uint8)
+    return pb.Image(tensor=pb.Tensor(dtype="uint8", shape=[SIZE, SIZE, 3], data=img.tobytes()))
+
+
+def slow_request(seed: int = 0) -> pb.ExplainRequest:
+    return pb.ExplainRequest(model="m", image=image_msg(seed), target=pb.ClassRef(index=0), method=pb.MethodParams(
+        pixelwise_prediction_difference=pb.PixelwisePredictionDifferenceParams(stride=1, samples=40, seed=1)))
+
+FULL_COST = (SIZE - 10 + 1) ** 2 * 40
+
+
+def images_done(server) -> float:  # type: ignore[no-untyped-def]
+    return server.metrics.registry.get_sample_value(
+        "xaiserve_inference_images_total", {"model": "m", "version": "1"}) or 0.0
+
+
+def test_concurrency_limit_refuses_exactly_the_overflow(start_server, channel_to, repo: Path) -> None:  # type: ignore[no-untyped-def]
+    server, port = start_server(repo, max_concurrent_requests=2)
+    stub = pb_grpc.ExplainServiceStub(channel_to(port))
+    holders = [threading.Thread(target=lambda: stub.Explain(slow_request(), timeout=120)) for _ in range(2)]
+    for t in holders:
+        t.start()
+    deadline = time.monotonic() + 30
+    while server.admission.active < 2:
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    refused = 0
+    for i in range(5):
+        try:
+            stub.Predict(pb.PredictRequest(model="m", image=image_msg(i)), timeout=10)
+        except grpc.RpcError as exc:
+            assert exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert "max_concurrent_requests" in exc.details()
+            refused += 1
+    still_busy = server.admission.active == 2
+    for t in holders:
+        t.join(120)
+    assert still_busy and refused == 5
+    assert server.metrics.registry.get_sample_value("xaiserve_rejected_requests_total", {"reason": "concurrency"}) == 5
+    # load gone: served again at once
+    assert stub.Predict(pb.PredictRequest(model="m", image=image_msg(9)), timeout=10).classes
+
+
+def test_deadline_stops_work_at_the_next_batch(start_server, channel_to, repo: Path) -> None:  # type: ignore[no-untyped-def]
+    server, port = start_server(repo)
+    stub = pb_grpc.ExplainServiceStub(channel_to(port))
+    before = images_done(server)
+    with pytest.raises(grpc.RpcError) as info:
+        stub.Explain(slow_request(), timeout=0.3)
+    at_deadline = images_done(server)
+    assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    time.sleep(1.0)
+    after = images_done(server)
+    max_batch = 32
+    assert after - at_deadline <= 2 * max_batch, (before, at_deadline, after)  # ≤ the pieces in flight
+    assert after - before < FULL_COST / 2  # far from the full request
+    assert server.metrics.registry.get_sample_value("xaiserve_inflight_requests", {"rpc": "Explain"}) == 0
+    ok = stub.Predict(pb.PredictRequest(model="m", image=image_msg(1)), timeout=10)  # not delayed by the dead one
+    assert ok.classes
+
+
+def test_concurrent_requests_get_the_same_maps_as_sequential(start_server, channel_to, repo: Path) -> None:  # type: ignore[no-untyped-def]
+    _, port = start_server(repo)
+    stub = pb_grpc.ExplainServiceStub(channel_to(port))
+    requests = []
+    for i in range(4):
+        for params in (
+            pb.MethodParams(regional_prediction_difference=pb.RegionalPredictionDifferenceParams(seed=i)),
+            pb.MethodParams(contextual_importance=pb.ContextualImportanceParams(seed=i)),
+            pb.MethodParams(lrp=pb.LrpParams(composite="epsilon_plus" if i % 2 else "lrp_z")),
+            pb.MethodParams(integrated_gradients=pb.IntegratedGradientsParams(steps=8)),
+        ):
+            requests.append(pb.ExplainRequest(model="m", image=image_msg(i), target=pb.ClassRef(index=i % 2), method=params))
+
+    def run(r: pb.ExplainRequest) -> np.ndarray:
+        return np.frombuffer(stub.Explain(r, timeout=120).heatmap.data, "<f4")
+
+    sequential = [run(r) for r in requests]
+    with ThreadPoolExecutor(8) as pool:
+        concurrent = list(pool.map(run, requests))
+    for r, a, b in zip(requests, sequential, concurrent, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7, err_msg=r.method.WhichOneof("method"))
