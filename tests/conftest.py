@@ -16,6 +16,11 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 DEMO_MODEL_DIR = REPO_ROOT / "models"
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Run the slow end-to-end checks (marked ``slow``) after everything else."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is not None)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _quiet_threads() -> None:
     try:
@@ -49,7 +54,9 @@ def start_server(tmp_path: Path) -> Iterator[ServerFactory]:
 
     def start(models_dir: Path | str | None = None, **overrides: object) -> tuple[object, int]:
         settings = Settings(
-            host="127.0.0.1", port=0, metrics_port=0,
+            host="127.0.0.1",
+            port=0,
+            metrics_port=0,
             models_dir=str(models_dir if models_dir is not None else tmp_path / "repo"),
             log_format="text",
         ).replace(**overrides)

@@ -10,6 +10,7 @@ that was running when the server stopped is reported FAILED ("interrupted").
 from __future__ import annotations
 
 import json
+import math
 import logging
 import os
 import threading
@@ -75,9 +76,22 @@ class OperationState:
 
 
 def _struct(values: dict[str, Any]) -> struct_pb2.Struct:
+    """Values as a Struct; NaN/inf become null (JSON has no NaN, and clients parse JSON)."""
     s = struct_pb2.Struct()
-    s.update(json.loads(json.dumps(values, default=float)))
+    s.update(_json_safe(values))
     return s
+
+
+def _json_safe(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    if hasattr(value, "tolist"):  # numpy scalars and arrays
+        return _json_safe(value.tolist())
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
 
 
 def _timestamp(t: float) -> timestamp_pb2.Timestamp:
@@ -216,7 +230,7 @@ class OperationStore:
             return
         path = self.directory / f"{op.id}.json"
         tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(asdict(op), default=float), encoding="utf-8")
+        tmp.write_text(json.dumps(_json_safe(asdict(op))), encoding="utf-8")
         os.replace(tmp, path)
 
     def _count(self) -> None:

@@ -1,0 +1,767 @@
+"""The synchronous SDK: :class:`ExplainClient`, plus the request builders both clients share.
+
+Example::
+
+    from xaiserve_client import ExplainClient
+
+    with ExplainClient("localhost:50051") as client:
+        explanation = client.explain("cat.png", method="saliency")
+        explanation.save_png("cat-saliency.png", image="cat.png")
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+import grpc
+import numpy as np
+from google.protobuf import json_format
+from google.protobuf.descriptor import FieldDescriptor
+from google.protobuf.message import Message
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from xaiserve.v1 import explain_pb2 as pb
+from xaiserve.v1 import explain_pb2_grpc as pb_grpc
+
+from xaiserve_client.errors import (
+    InvalidArgument,
+    NotFound,
+    Unavailable,
+    XaiserveError,
+    from_rpc_error,
+)
+from xaiserve_client.images import ImageInput, array_to_tensor, to_image_proto
+from xaiserve_client.types import (
+    ClassScore,
+    Explanation,
+    ModelInfo,
+    Operation,
+    Prediction,
+    ScoreResult,
+)
+
+DEFAULT_TARGET = "localhost:50051"
+SERVICE_NAME = "xaiserve.v1.ExplainService"
+DEFAULT_METHOD = "regional_prediction_difference"
+USER_AGENT = "xaiserve-client/0.1.0"
+
+ClassInput = int | np.integer | str | ClassScore | pb.ClassRef | None
+"""A class: an index, a label, ``"predicted"``/``None`` (the model's prediction)."""
+
+LabelledInput = tuple[Any, ...] | Mapping[str, Any]
+"""A data-set item: ``(image, label)``, ``(image, label, mask)``, ``(image, label, mask, name)``
+or a mapping with keys ``image``, ``label`` and optionally ``mask`` and ``name``."""
+
+T = TypeVar("T")
+M = TypeVar("M", bound=Message)
+
+
+class _Default(enum.Enum):
+    TIMEOUT = "the client's timeout"
+
+
+DEFAULT = _Default.TIMEOUT
+"""Per-call ``timeout`` default: use the client's ``timeout`` (pass ``None`` for no deadline)."""
+
+Timeout = float | None | _Default
+
+
+# ---------------------------------------------------------------------------------------------
+# Channel
+
+
+def service_config(target: str, retries: int) -> dict[str, Any]:
+    """The channel's service config: retries on UNAVAILABLE only, and round-robin balancing
+    for ``dns:///`` targets (every address the name resolves to gets calls)."""
+    config: dict[str, Any] = {}
+    if retries > 0:
+        config["methodConfig"] = [
+            {
+                "name": [{"service": SERVICE_NAME}],
+                "retryPolicy": {
+                    "maxAttempts": min(retries + 1, 5),  # gRPC caps attempts at 5
+                    "initialBackoff": "0.1s",
+                    "maxBackoff": "1s",
+                    "backoffMultiplier": 2,
+                    "retryableStatusCodes": ["UNAVAILABLE"],
+                },
+            }
+        ]
+        config["retryThrottling"] = {"maxTokens": 10, "tokenRatio": 0.1}
+    if target.startswith("dns:"):
+        config["loadBalancingConfig"] = [{"round_robin": {}}]
+    return config
+
+
+def channel_options(
+    target: str, retries: int, extra: Sequence[tuple[str, Any]] = ()
+) -> list[tuple[str, Any]]:
+    """Channel arguments: service config, message limits and keepalive (``extra`` wins).
+
+    Keepalive pings go out every 5.5 minutes and only while calls are active: gRPC servers by
+    default refuse pings more often than every 5 minutes (``too_many_pings``).
+    """
+    options: dict[str, Any] = {
+        "grpc.service_config": json.dumps(service_config(target, retries)),
+        "grpc.enable_retries": 1,
+        "grpc.max_receive_message_length": 64 * 1024 * 1024,
+        "grpc.max_send_message_length": 32 * 1024 * 1024,
+        "grpc.keepalive_time_ms": 330_000,
+        "grpc.keepalive_timeout_ms": 20_000,
+        "grpc.keepalive_permit_without_calls": 0,
+        "grpc.primary_user_agent": USER_AGENT,
+    }
+    options.update(dict(extra))
+    return list(options.items())
+
+
+def channel_credentials(
+    tls: bool,
+    root_certificates: bytes | None = None,
+    client_certificate: tuple[bytes, bytes] | None = None,
+) -> grpc.ChannelCredentials | None:
+    """TLS credentials (``None`` for plaintext). ``client_certificate`` is ``(chain, key)``."""
+    if not (tls or root_certificates or client_certificate):
+        return None
+    chain, key = client_certificate if client_certificate else (None, None)
+    return grpc.ssl_channel_credentials(
+        root_certificates=root_certificates, private_key=key, certificate_chain=chain
+    )
+
+
+def auth_metadata(token: str | None) -> tuple[tuple[str, str], ...]:
+    """``authorization: Bearer <token>`` metadata (empty without a token)."""
+    return (("authorization", f"Bearer {token}"),) if token else ()
+
+
+# ---------------------------------------------------------------------------------------------
+# Request builders
+
+
+def class_ref(value: ClassInput, what: str = "target") -> pb.ClassRef | None:
+    """A ``ClassRef`` from an index, a label or ``"predicted"``; ``None`` leaves it unset."""
+    if value is None or isinstance(value, pb.ClassRef):
+        return value
+    if isinstance(value, ClassScore):
+        return pb.ClassRef(index=value.index)
+    if isinstance(value, (bool, np.bool_)):
+        raise InvalidArgument(f"{what} must be a class index, a label or 'predicted', not {value}")
+    if isinstance(value, (int, np.integer)):
+        if value < 0:
+            raise InvalidArgument(f"{what} index must be 0 or more, got {value}")
+        return pb.ClassRef(index=int(value))
+    if isinstance(value, str):
+        if value == "":
+            return None
+        if value == "predicted":
+            return pb.ClassRef(predicted=True)
+        return pb.ClassRef(label=value)
+    raise InvalidArgument(
+        f"{what} must be a class index, a label or 'predicted', not {type(value).__name__}"
+    )
+
+
+def _plain(value: Any) -> Any:
+    """numpy scalars/arrays, tuples and paths as JSON-like values for ``ParseDict``."""
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, np.ndarray)):
+        return [_plain(v) for v in value]
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def _check_fields(descriptor: Any, mapping: Mapping[str, Any], what: str) -> None:
+    """Unknown keys → :class:`InvalidArgument` naming the key and the fields there are."""
+    for key, value in mapping.items():
+        field = descriptor.fields_by_name.get(key)
+        if field is None:
+            known = ", ".join(descriptor.fields_by_name) or "none"
+            raise InvalidArgument(f"unknown parameter {key!r} for {what} (known: {known})")
+        if field.message_type is None or field.message_type.full_name.startswith("google."):
+            continue
+        items = value if _is_repeated(field) and isinstance(value, list) else [value]
+        for item in items:
+            if isinstance(item, Mapping):
+                _check_fields(field.message_type, item, f"{what}.{key}")
+
+
+def _is_repeated(field: FieldDescriptor) -> bool:
+    return bool(field.is_repeated)
+
+
+def parse_into(message: M, values: Mapping[str, Any] | None, what: str) -> M:
+    """Fill ``message`` from a (nested) mapping of field names, raising InvalidArgument."""
+    plain = _plain(dict(values or {}))
+    _check_fields(message.DESCRIPTOR, plain, what)
+    try:
+        json_format.ParseDict(plain, message)
+    except json_format.ParseError as exc:
+        raise InvalidArgument(f"bad parameters for {what}: {exc}") from None
+    return message
+
+
+def method_names() -> list[str]:
+    """Every method the protocol knows (a server may implement fewer)."""
+    return [f.name for f in pb.MethodParams.DESCRIPTOR.oneofs_by_name["method"].fields]
+
+
+def method_params(method: str, params: Mapping[str, Any] | None = None) -> pb.MethodParams:
+    """``MethodParams`` selecting ``method`` with ``params`` set by field name.
+
+    Nested messages take nested dicts, e.g. ``{"segmentation": {"algorithm": "slic"}}``.
+    """
+    if method not in method_names():
+        raise InvalidArgument(f"unknown method {method!r} (known: {', '.join(method_names())})")
+    message = pb.MethodParams()
+    getattr(message, method).SetInParent()
+    parse_into(getattr(message, method), params, f"method {method!r}")
+    return message
+
+
+def labelled_image(item: LabelledInput) -> pb.LabelledImage:
+    """A ``LabelledImage`` from a tuple or mapping (see :data:`LabelledInput`)."""
+    if isinstance(item, Mapping):
+        fields = dict(item)
+    elif isinstance(item, tuple) and 2 <= len(item) <= 4:
+        fields = dict(zip(("image", "label", "mask", "name"), item, strict=False))
+    else:
+        raise InvalidArgument("items must be (image, label[, mask[, name]]) or a mapping")
+    message = pb.LabelledImage(image=to_image_proto(fields["image"]), name=fields.get("name") or "")
+    label = class_ref(fields.get("label"), "label")
+    if label is not None:
+        message.label.CopyFrom(label)
+    if fields.get("mask") is not None:
+        message.mask.CopyFrom(array_to_tensor(np.asarray(fields["mask"]).astype(np.uint8)))
+    return message
+
+
+def _with_refs(message: M, **refs: pb.ClassRef | None) -> M:
+    for name, ref in refs.items():
+        if ref is not None:
+            getattr(message, name).CopyFrom(ref)
+    return message
+
+
+def explain_request(
+    image: ImageInput,
+    model: str,
+    version: str,
+    method: pb.MethodParams,
+    target: ClassInput,
+    contrast: ClassInput,
+    request_id: str = "",
+) -> pb.ExplainRequest:
+    request = pb.ExplainRequest(
+        model=model,
+        version=version,
+        image=to_image_proto(image),
+        method=method,
+        request_id=request_id,
+    )
+    return _with_refs(
+        request, target=class_ref(target, "target"), contrast=class_ref(contrast, "contrast")
+    )
+
+
+def predict_request(
+    image: ImageInput, model: str, version: str, top_k: int | None, request_id: str = ""
+) -> pb.PredictRequest:
+    request = pb.PredictRequest(
+        model=model, version=version, image=to_image_proto(image), request_id=request_id
+    )
+    if top_k is not None:
+        request.top_k = top_k
+    return request
+
+
+def score_request(
+    image: ImageInput,
+    model: str,
+    version: str,
+    *,
+    heatmap: Any = None,
+    method: str | None = None,
+    params: Mapping[str, Any] | None = None,
+    target: ClassInput = None,
+    morf: Mapping[str, Any] | None = None,
+    mask: Any = None,
+    hull_keep_fraction: float | None = None,
+) -> pb.ScoreRequest:
+    if (heatmap is None) == (method is None):
+        raise InvalidArgument("score needs exactly one of heatmap= or method=")
+    request = pb.ScoreRequest(model=model, version=version, image=to_image_proto(image))
+    if heatmap is not None:
+        request.heatmap.CopyFrom(array_to_tensor(np.asarray(heatmap, dtype=np.float32)))
+    else:
+        request.method.CopyFrom(method_params(str(method), params))
+    parse_into(request.morf, morf, "morf")
+    if mask is not None:
+        request.mask.CopyFrom(array_to_tensor(np.asarray(mask).astype(np.uint8)))
+    if hull_keep_fraction is not None:
+        request.hull_keep_fraction = hull_keep_fraction
+    return _with_refs(request, target=class_ref(target, "target"))
+
+
+def evaluate_requests(
+    config: pb.EvaluateDatasetConfig, items: Iterable[LabelledInput]
+) -> Iterator[pb.EvaluateDatasetRequest]:
+    yield pb.EvaluateDatasetRequest(config=config)
+    for item in items:
+        yield pb.EvaluateDatasetRequest(item=labelled_image(item))
+
+
+def fit_gad_requests(
+    config: pb.FitGadConfig, items: Iterable[LabelledInput]
+) -> Iterator[pb.FitGadRequest]:
+    yield pb.FitGadRequest(config=config)
+    for item in items:
+        yield pb.FitGadRequest(item=labelled_image(item))
+
+
+def evaluate_config(
+    model: str,
+    version: str,
+    methods: Sequence[str] | Mapping[str, Mapping[str, Any]],
+    morf: Mapping[str, Any] | None,
+    dataset: str,
+    limit: int | None,
+) -> pb.EvaluateDatasetConfig:
+    chosen = methods.items() if isinstance(methods, Mapping) else [(m, {}) for m in methods]
+    config = pb.EvaluateDatasetConfig(
+        model=model,
+        version=version,
+        methods=[method_params(name, params) for name, params in chosen],
+        dataset=dataset,
+    )
+    parse_into(config.morf, morf, "morf")
+    if limit is not None:
+        config.limit = limit
+    return config
+
+
+def fit_gad_config(
+    model: str, version: str, class_a: ClassInput, class_b: ClassInput, **options: Any
+) -> pb.FitGadConfig:
+    config = pb.FitGadConfig(model=model, version=version)
+    _with_refs(config, class_a=class_ref(class_a, "class_a"), class_b=class_ref(class_b, "class_b"))
+    return parse_into(config, {k: v for k, v in options.items() if v is not None}, "fit_gad")
+
+
+# ---------------------------------------------------------------------------------------------
+# Client
+
+
+class ExplainClient:
+    """A synchronous client of the xaiserve ``ExplainService``; use it as a context manager.
+
+    Args:
+        target: ``host:port``, or ``dns:///host:port`` to spread calls over every address
+            the name resolves to (round-robin) — e.g. a Kubernetes headless Service.
+        timeout: default deadline in seconds of every call (``None``: no deadline); each
+            method takes ``timeout=`` to override it.
+        tls: use TLS (implied by ``root_certificates`` or ``client_certificate``).
+        root_certificates: PEM CA bundle to verify the server (default: system roots).
+        client_certificate: ``(certificate_chain_pem, private_key_pem)`` for mutual TLS.
+        token: bearer token sent as ``authorization: Bearer <token>`` on every call.
+        retries: extra attempts, with exponential backoff (0.1 s … 1 s), for calls that fail
+            with UNAVAILABLE; other codes are never retried. gRPC caps attempts at 5.
+        options: extra gRPC channel arguments (they win over the client's own).
+    """
+
+    def __init__(
+        self,
+        target: str = DEFAULT_TARGET,
+        *,
+        timeout: float | None = 60.0,
+        tls: bool = False,
+        root_certificates: bytes | None = None,
+        client_certificate: tuple[bytes, bytes] | None = None,
+        token: str | None = None,
+        retries: int = 3,
+        options: Sequence[tuple[str, Any]] = (),
+    ) -> None:
+        self.target = target
+        self.timeout = timeout
+        credentials = channel_credentials(tls, root_certificates, client_certificate)
+        opts = channel_options(target, retries, options)
+        self._channel = (
+            grpc.secure_channel(target, credentials, options=opts)
+            if credentials is not None
+            else grpc.insecure_channel(target, options=opts)
+        )
+        self._stub = pb_grpc.ExplainServiceStub(self._channel)
+        self._health = health_pb2_grpc.HealthStub(self._channel)
+        self._metadata = auth_metadata(token)
+        self._default_model: str | None = None
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Close the channel (pending calls are cancelled)."""
+        self._channel.close()
+
+    def __enter__(self) -> ExplainClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"ExplainClient({self.target!r})"
+
+    # -- plumbing ---------------------------------------------------------------------------
+
+    def _deadline(self, timeout: Timeout) -> float | None:
+        return self.timeout if timeout is DEFAULT else timeout  # type: ignore[return-value]
+
+    def _unary(self, rpc: Callable[..., Any], request: Any, timeout: Timeout) -> Any:
+        try:
+            return rpc(request, timeout=self._deadline(timeout), metadata=self._metadata)
+        except grpc.RpcError as err:
+            raise from_rpc_error(err) from err
+
+    def _stream(
+        self,
+        rpc: Callable[..., Any],
+        requests: Iterator[Any],
+        convert: Callable[[Any], T],
+        max_in_flight: int,
+        timeout: Timeout,
+    ) -> Iterator[T]:
+        """Run a bidirectional stream with at most ``max_in_flight`` unanswered requests."""
+        window = threading.Semaphore(max(1, max_in_flight))
+        stop = threading.Event()
+        failures: list[BaseException] = []
+
+        def feed() -> Iterator[Any]:
+            try:
+                for request in requests:
+                    while not window.acquire(timeout=0.05):
+                        if stop.is_set():
+                            return
+                    if stop.is_set():
+                        return
+                    yield request
+            except Exception as exc:  # a bad input: raised in the caller's thread below
+                failures.append(exc)
+
+        call = rpc(feed(), timeout=self._deadline(timeout), metadata=self._metadata)
+        try:
+            for response in call:
+                window.release()
+                yield convert(response)
+        except grpc.RpcError as err:
+            if failures:
+                raise failures[0] from None
+            raise from_rpc_error(err) from err
+        finally:
+            stop.set()
+            call.cancel()
+        if failures:
+            raise failures[0]
+
+    def _model(self, model: str | None) -> str:
+        if model:
+            return model
+        if self._default_model is None:
+            models = self.list_models()
+            if not models:
+                raise NotFound("the server lists no models", grpc.StatusCode.NOT_FOUND)
+            self._default_model = models[0].name
+        return self._default_model
+
+    # -- models -----------------------------------------------------------------------------
+
+    def list_models(self, *, timeout: Timeout = DEFAULT) -> list[ModelInfo]:
+        """Every model the server serves, with versions, inputs and supported methods."""
+        response = self._unary(self._stub.ListModels, pb.ListModelsRequest(), timeout)
+        return [ModelInfo.from_proto(m) for m in response.models]
+
+    def get_model(self, name: str, version: str = "", *, timeout: Timeout = DEFAULT) -> ModelInfo:
+        """One model (all its versions, or just ``version``)."""
+        request = pb.GetModelRequest(model=name, version=version)
+        return ModelInfo.from_proto(self._unary(self._stub.GetModel, request, timeout))
+
+    # -- predict ----------------------------------------------------------------------------
+
+    def predict(
+        self,
+        image: ImageInput,
+        model: str | None = None,
+        *,
+        version: str = "",
+        top_k: int | None = 5,
+        timeout: Timeout = DEFAULT,
+    ) -> Prediction:
+        """The ``top_k`` most probable classes of ``image``, best first."""
+        request = predict_request(image, self._model(model), version, top_k)
+        return Prediction.from_proto(self._unary(self._stub.Predict, request, timeout))
+
+    def predict_many(
+        self,
+        images: Iterable[ImageInput],
+        model: str | None = None,
+        *,
+        version: str = "",
+        top_k: int | None = 5,
+        max_in_flight: int = 16,
+        timeout: Timeout = DEFAULT,
+    ) -> Iterator[Prediction]:
+        """Predictions for many images over one stream, yielded in input order.
+
+        ``images`` is consumed lazily; at most ``max_in_flight`` requests await an answer.
+        ``timeout`` bounds the whole stream.
+        """
+        name = self._model(model)
+        requests = (
+            predict_request(image, name, version, top_k, str(i)) for i, image in enumerate(images)
+        )
+        return self._stream(
+            self._stub.PredictStream, requests, Prediction.from_proto, max_in_flight, timeout
+        )
+
+    # -- explain ----------------------------------------------------------------------------
+
+    def explain(
+        self,
+        image: ImageInput,
+        method: str = DEFAULT_METHOD,
+        model: str | None = None,
+        *,
+        version: str = "",
+        target: ClassInput = None,
+        contrast: ClassInput = None,
+        params: Mapping[str, Any] | None = None,
+        timeout: Timeout = DEFAULT,
+        **method_kwargs: Any,
+    ) -> Explanation:
+        """A heatmap explaining ``target`` (default: the predicted class) for ``image``.
+
+        Method parameters come from ``params`` and/or keyword arguments, by the field names of
+        the method's params message (nested dicts for nested messages), e.g.
+        ``client.explain(img, "contextual_importance", segmentation={"n_segments": 50})``.
+        ``contrast`` asks "why ``target`` and not ``contrast``" where the method supports it.
+        """
+        request = explain_request(
+            image,
+            self._model(model),
+            version,
+            method_params(method, {**(params or {}), **method_kwargs}),
+            target,
+            contrast,
+        )
+        return Explanation.from_proto(self._unary(self._stub.Explain, request, timeout))
+
+    def explain_many(
+        self,
+        images: Iterable[ImageInput],
+        method: str = DEFAULT_METHOD,
+        model: str | None = None,
+        *,
+        version: str = "",
+        target: ClassInput = None,
+        contrast: ClassInput = None,
+        params: Mapping[str, Any] | None = None,
+        max_in_flight: int = 8,
+        timeout: Timeout = DEFAULT,
+        **method_kwargs: Any,
+    ) -> Iterator[Explanation]:
+        """Explanations of many images over one stream, yielded in input order.
+
+        The same method, parameters and target apply to every image. ``images`` is consumed
+        lazily; at most ``max_in_flight`` requests await an answer. ``timeout`` bounds the
+        whole stream. Stopping the iteration early cancels the stream.
+        """
+        name = self._model(model)
+        params_message = method_params(method, {**(params or {}), **method_kwargs})
+        class_ref(target, "target")  # bad targets fail here, not inside the stream
+        class_ref(contrast, "contrast")
+        requests = (
+            explain_request(image, name, version, params_message, target, contrast, str(i))
+            for i, image in enumerate(images)
+        )
+        return self._stream(
+            self._stub.ExplainStream, requests, Explanation.from_proto, max_in_flight, timeout
+        )
+
+    # -- score ------------------------------------------------------------------------------
+
+    def score(
+        self,
+        image: ImageInput,
+        model: str | None = None,
+        *,
+        heatmap: Any = None,
+        method: str | None = None,
+        params: Mapping[str, Any] | None = None,
+        target: ClassInput = None,
+        morf: Mapping[str, Any] | None = None,
+        mask: Any = None,
+        hull_keep_fraction: float | None = None,
+        version: str = "",
+        timeout: Timeout = DEFAULT,
+    ) -> ScoreResult:
+        """MoRF/LeRF region perturbation and AOPC of a heatmap.
+
+        Pass either ``heatmap`` (an ``(H, W)`` array on the model's grid, from any source) or
+        ``method`` (with ``params``) to compute it in the call. ``morf`` sets the perturbation
+        (``window``, ``steps``, ``fill``, ``repeats``, ``seed``, ``lerf``, ``random_baseline``);
+        ``mask`` (``(H, W)`` bool) adds localisation metrics.
+        """
+        request = score_request(
+            image,
+            self._model(model),
+            version,
+            heatmap=heatmap,
+            method=method,
+            params=params,
+            target=target,
+            morf=morf,
+            mask=mask,
+            hull_keep_fraction=hull_keep_fraction,
+        )
+        return ScoreResult.from_proto(self._unary(self._stub.Score, request, timeout))
+
+    # -- long-running operations -----------------------------------------------------------
+
+    def evaluate_dataset(
+        self,
+        items: Iterable[LabelledInput] = (),
+        model: str | None = None,
+        *,
+        methods: Sequence[str] | Mapping[str, Mapping[str, Any]] = (DEFAULT_METHOD,),
+        morf: Mapping[str, Any] | None = None,
+        dataset: str = "",
+        limit: int | None = None,
+        version: str = "",
+        timeout: Timeout = DEFAULT,
+    ) -> Operation:
+        """Start evaluating ``methods`` over labelled images; returns the operation.
+
+        Stream ``items`` (see :data:`LabelledInput`), or name a server-side ``dataset`` folder.
+        ``methods`` is a list of names or a mapping name → params. Follow progress with
+        :meth:`watch_operation` or :meth:`wait_operation`.
+        """
+        config = evaluate_config(self._model(model), version, methods, morf, dataset, limit)
+        requests = evaluate_requests(config, items)
+        return Operation.from_proto(self._unary(self._stub.EvaluateDataset, requests, timeout))
+
+    def fit_gad(
+        self,
+        items: Iterable[LabelledInput] = (),
+        model: str | None = None,
+        *,
+        class_a: ClassInput,
+        class_b: ClassInput,
+        dataset: str = "",
+        alphas: Sequence[float] = (),
+        epochs: int | None = None,
+        learning_rate: float | None = None,
+        batch_size: int | None = None,
+        seed: int | None = None,
+        version: str = "",
+        timeout: Timeout = DEFAULT,
+    ) -> Operation:
+        """Start fitting a GAD support set separating ``class_a`` from ``class_b``."""
+        config = fit_gad_config(
+            self._model(model),
+            version,
+            class_a,
+            class_b,
+            dataset=dataset or None,
+            alphas=list(alphas) or None,
+            epochs=epochs,
+            learning_rate=learning_rate,
+            batch_size=batch_size,
+            seed=seed,
+        )
+        requests = fit_gad_requests(config, items)
+        return Operation.from_proto(self._unary(self._stub.FitGad, requests, timeout))
+
+    def get_operation(self, operation_id: str, *, timeout: Timeout = DEFAULT) -> Operation:
+        """The operation's current state."""
+        request = pb.OperationRequest(id=operation_id)
+        return Operation.from_proto(self._unary(self._stub.GetOperation, request, timeout))
+
+    def cancel_operation(self, operation_id: str, *, timeout: Timeout = DEFAULT) -> Operation:
+        """Ask the server to cancel the operation; returns its state after the request."""
+        request = pb.OperationRequest(id=operation_id)
+        return Operation.from_proto(self._unary(self._stub.CancelOperation, request, timeout))
+
+    def list_operations(self, *, timeout: Timeout = DEFAULT) -> list[Operation]:
+        """Every operation the server knows."""
+        response = self._unary(self._stub.ListOperations, pb.ListOperationsRequest(), timeout)
+        return [Operation.from_proto(o) for o in response.operations]
+
+    def watch_operation(
+        self, operation_id: str, *, timeout: float | None = None
+    ) -> Iterator[Operation]:
+        """The operation's state on every change, until it finishes.
+
+        Operations run long, so the watch has no deadline unless ``timeout`` is given.
+        """
+        call = self._stub.WatchOperation(
+            pb.OperationRequest(id=operation_id), timeout=timeout, metadata=self._metadata
+        )
+        try:
+            for message in call:
+                yield Operation.from_proto(message)
+        except grpc.RpcError as err:
+            raise from_rpc_error(err) from err
+        finally:
+            call.cancel()
+
+    def wait_operation(
+        self,
+        operation_id: str,
+        *,
+        timeout: float | None = None,
+        on_update: Callable[[Operation], None] | None = None,
+    ) -> Operation:
+        """Block until the operation finishes; ``on_update`` sees every state on the way."""
+        last = self.get_operation(operation_id)
+        if last.finished:
+            return last
+        for last in self.watch_operation(operation_id, timeout=timeout):
+            if on_update is not None:
+                on_update(last)
+            if last.finished:
+                break
+        return last
+
+    # -- health -----------------------------------------------------------------------------
+
+    def health(self, service: str = "", *, timeout: Timeout = DEFAULT) -> str:
+        """The ``grpc.health.v1`` status: ``"SERVING"``, ``"NOT_SERVING"``, ``"UNKNOWN"`` or
+        ``"SERVICE_UNKNOWN"`` (``service=""`` asks about the whole server)."""
+        request = health_pb2.HealthCheckRequest(service=service)
+        response = self._unary(self._health.Check, request, timeout)
+        return str(health_pb2.HealthCheckResponse.ServingStatus.Name(response.status))
+
+    def wait_for_server(self, timeout: float = 30.0, service: str = "") -> None:
+        """Poll :meth:`health` until ``SERVING``; raises :class:`Unavailable` after ``timeout``."""
+        end = time.monotonic() + timeout
+        status, reason = "UNKNOWN", ""
+        while True:
+            left = end - time.monotonic()
+            try:
+                status = self.health(service, timeout=max(0.1, min(2.0, left)))
+                if status == "SERVING":
+                    return
+            except XaiserveError as err:
+                reason = err.details
+            if left <= 0:
+                raise Unavailable(
+                    f"server at {self.target} not SERVING after {timeout:g} s (status {status}"
+                    f"{'; ' + reason if reason else ''})"
+                )
+            time.sleep(min(0.2, max(0.0, end - time.monotonic())))
