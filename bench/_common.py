@@ -16,8 +16,8 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 CACHE = REPO / "bench" / ".cache"
 SERVE = (
-    "import sys; from xaiserve.config import Settings; from xaiserve.api.server import serve; "
-    "sys.exit(serve(Settings.from_env()))"
+    "from xaiserve.config import Settings; from xaiserve.api.server import serve_and_exit; "
+    "serve_and_exit(Settings.from_env())"
 )
 
 

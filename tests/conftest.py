@@ -81,3 +81,17 @@ def channel_to() -> Iterator[Callable[[int], grpc.Channel]]:
     yield make
     for ch in channels:
         ch.close()
+
+
+@pytest.fixture(scope="session")
+def demo_server() -> Iterator[tuple[object, int]]:
+    """One real server on the bundled demo model for the whole session (read-only use)."""
+    from xaiserve.api.server import create_server
+    from xaiserve.config import Settings
+
+    server, port = create_server(
+        Settings(host="127.0.0.1", port=0, metrics_port=0, models_dir=str(DEMO_MODEL_DIR),
+                 log_format="text", log_level="WARNING")
+    )
+    yield server, port
+    server.stop(grace=1.0)  # type: ignore[attr-defined]

@@ -24,7 +24,7 @@ from tests.support import region_logit_model, write_model_folder
 from xaiserve.v1 import explain_pb2 as pb
 from xaiserve.v1 import explain_pb2_grpc as pb_grpc
 
-SERVE = "import sys; from xaiserve.config import Settings; from xaiserve.api.server import serve; sys.exit(serve(Settings.from_env()))"
+SERVE = "from xaiserve.config import Settings; from xaiserve.api.server import serve_and_exit; serve_and_exit(Settings.from_env())"
 
 
 def free_port() -> int:
@@ -105,5 +105,5 @@ def test_sigterm_drains_in_flight_work_and_exits_zero(server_process) -> None:  
         assert isinstance(r, pb.ExplainResponse), r
         maps.append(np.frombuffer(r.heatmap.data, "<f4"))
     assert all(np.array_equal(maps[0], m) for m in maps)  # same seed → identical maps
-    assert proc.wait(timeout=60) == 0
+    assert proc.wait(timeout=10) == 0
     channel.close()

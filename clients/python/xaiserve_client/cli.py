@@ -196,6 +196,10 @@ def _add_client_commands(sub: Any, parent: argparse.ArgumentParser) -> None:
     p = sub.add_parser("models", parents=[parent], help="list models, versions and methods")
     p.set_defaults(handler=cmd_models)
 
+    from xaiserve_client.cli_compare import add_compare_parser
+
+    add_compare_parser(sub, parent)
+
     p = sub.add_parser("health", parents=[parent], help="the server's health status")
     p.set_defaults(handler=cmd_health)
 
@@ -351,9 +355,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except (TypeError, ValueError) as exc:
         print(f"xaiserve serve: {exc}", file=sys.stderr)
         return 2
-    from xaiserve.api.server import serve
+    from xaiserve.api.server import serve_and_exit
 
-    return int(serve(settings))
+    serve_and_exit(settings)
 
 
 def _connect(args: argparse.Namespace) -> ExplainClient:

@@ -17,7 +17,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import grpc
 import numpy as np
@@ -59,6 +59,10 @@ or a mapping with keys ``image``, ``label`` and optionally ``mask`` and ``name``
 
 T = TypeVar("T")
 M = TypeVar("M", bound=Message)
+
+
+if TYPE_CHECKING:
+    from xaiserve_client.compare import Comparison
 
 
 class _Default(enum.Enum):
@@ -592,6 +596,14 @@ class ExplainClient:
         return self._stream(
             self._stub.ExplainStream, requests, Explanation.from_proto, max_in_flight, timeout
         )
+
+    def compare(self, image: ImageInput, model: str | None = None, **kwargs: Any) -> Comparison:
+        """Every method (default: all the model supports) side by side on ``image``, each
+        scored with MoRF/AOPC; see :func:`xaiserve_client.compare.compare` for the options.
+        The result renders ``.figure()``, ``.save_png()``, ``.to_html()`` and ``.save_json()``."""
+        from xaiserve_client.compare import compare
+
+        return compare(self, image, model, **kwargs)
 
     # -- score ------------------------------------------------------------------------------
 

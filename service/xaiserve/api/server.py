@@ -9,13 +9,15 @@ in-flight RPCs get up to ``drain_seconds`` to finish, then the process exits 0.
 from __future__ import annotations
 
 import logging
+import os
 import signal
+import sys
 import threading
 import time
 from concurrent import futures
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import Any, NoReturn
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -216,3 +218,16 @@ def serve(settings: Settings) -> int:
     server.stop()
     log.info("stopped", extra={"drain_seconds": round(time.monotonic() - started, 3)})
     return 0
+
+
+def serve_and_exit(settings: Settings) -> NoReturn:
+    """``serve``, then leave the process at once.
+
+    Everything is drained, persisted and closed when ``serve`` returns; what is left is native
+    library teardown (torch, gRPC core), which takes seconds and can hold up a rolling update.
+    """
+    code = serve(settings)
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

@@ -116,7 +116,7 @@ class ModelRepository:
     def scan(self) -> list[str]:
         """Load versions that appeared and reload those whose files changed since the last
         attempt (a failed reload keeps the last good load serving). Returns what it (re)loaded."""
-        touched = []
+        touched: list[str] = []
         if not self.root.is_dir():
             return touched
         for model_dir in sorted(self.root.iterdir()):

@@ -1,0 +1,138 @@
+"""``xaiserve compare``: every method side by side on one image, or over a folder of images."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from xaiserve_client.compare import (
+    DEFAULT_PARAMS,
+    NOT_BY_DEFAULT,
+    compare,
+    mean_curves_figure,
+    write_outputs,
+)
+
+if TYPE_CHECKING:
+    from xaiserve_client.client import ExplainClient
+
+
+def add_compare_parser(sub: Any, parent: argparse.ArgumentParser) -> None:
+    p = sub.add_parser(
+        "compare",
+        parents=[parent],
+        help="every method side by side on one image (or a folder), with scores",
+    )
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("image", nargs="?", help="the image to explain")
+    source.add_argument("--dir", type=Path, help="a data-set folder (labels.csv, images, masks/)")
+    p.add_argument("--model", help="model name (default: the first the server lists)")
+    p.add_argument("--version", default="", help="model version (default: newest ready)")
+    p.add_argument("--target", help="class index or label (default: the predicted class)")
+    p.add_argument("--contrast", help="contrast class: 'why target and not contrast'")
+    p.add_argument(
+        "--methods", nargs="+", metavar="METHOD", help="methods (default: all the model supports)"
+    )
+    p.add_argument("--mask", help="ground-truth object mask (image or .npy) → μ per method")
+    p.add_argument("--steps", type=int, help="MoRF steps L (default 100)")
+    p.add_argument("--repeats", type=int, help="MoRF random draws (default 10)")
+    p.add_argument("--limit", type=int, help="--dir: at most this many images")
+    p.add_argument("--out", type=Path, default=Path("compare-output"), help="output folder")
+    p.set_defaults(handler=cmd_compare)
+
+
+def _class(value: str | None) -> int | str | None:
+    if value is None:
+        return None
+    return int(value) if value.isdigit() else value
+
+
+def cmd_compare(args: argparse.Namespace, client: ExplainClient) -> int:
+    morf = {
+        k: v for k, v in {"steps": args.steps, "repeats": args.repeats}.items() if v is not None
+    }
+    if args.dir is not None:
+        return _compare_folder(args, client, morf)
+    comparison = compare(
+        client,
+        args.image,
+        args.model,
+        version=args.version,
+        target=_class(args.target),
+        contrast=_class(args.contrast),
+        methods=args.methods,
+        mask=args.mask,
+        morf=morf or None,
+        progress=lambda m: print(f"  {m} …", file=sys.stderr, flush=True),
+    )
+    paths = write_outputs(comparison, args.out)
+    if args.json:
+        print(json.dumps(comparison.to_dict(), indent=2, default=str))
+        return 0
+    print(
+        f"{comparison.model} v{comparison.version}: target "
+        f"{comparison.target.label if comparison.target else '?'}"
+    )
+    print(f"{'method':34} {'AOPC':>7} {'Δrandom':>8} {'μ':>6} {'seconds':>8}")
+    for r in comparison.results:
+        if r.error:
+            print(f"{r.method:34} {r.error}")
+            continue
+        s = r.score
+        mu = s.localisation.mu if s is not None and s.localisation is not None else float("nan")
+        print(
+            f"{r.method:34} {s.aopc_morf if s else float('nan'):7.3f} "
+            f"{s.aopc_morf_minus_random if s else float('nan'):+8.3f} {mu:6.3f} {r.seconds:8.2f}"
+        )
+    for kind, path in paths.items():
+        print(f"{kind}: {path}")
+    return 0
+
+
+def _compare_folder(args: argparse.Namespace, client: ExplainClient, morf: dict[str, Any]) -> int:
+    from xaiserve_client.cli import _follow, folder_items
+
+    info = client.get_model(args.model) if args.model else client.list_models()[0]
+    version = next(
+        v for v in info.versions if v.ready and (not args.version or v.version == args.version)
+    )
+    methods = args.methods or [m for m in version.methods if m not in NOT_BY_DEFAULT]
+    operation = client.evaluate_dataset(
+        folder_items(args.dir, args.limit),
+        info.name,
+        version=version.version,
+        methods={m: DEFAULT_PARAMS.get(m, {}) for m in methods},
+        morf=morf or None,
+        limit=args.limit,
+        timeout=None,
+    )
+    operation = _follow(client, operation)
+    if operation.state != "SUCCEEDED":
+        print(f"evaluation {operation.state}: {operation.error}", file=sys.stderr)
+        return 1
+    result = operation.result
+    args.out.mkdir(parents=True, exist_ok=True)
+    columns = list(result.get("columns", []))
+    rows = list(result.get("rows", []))
+    with (args.out / "aggregate.csv").open("w", newline="", encoding="utf-8") as fh:
+        writer = csv.DictWriter(fh, fieldnames=columns, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(_cell(row.get(c)) for c in columns) + " |" for row in rows]
+    (args.out / "aggregate.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    mean_curves_figure(result.get("relative_aopc_curves", {})).savefig(args.out / "aopc_curves.png")
+    (args.out / "aggregate.json").write_text(json.dumps(result, indent=2), encoding="utf-8")
+    print("\n".join(lines))
+    print(f"written: {args.out}/aggregate.csv, aggregate.md, aopc_curves.png, aggregate.json")
+    return 0
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    return "" if value is None else str(value)
