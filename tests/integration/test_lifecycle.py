@@ -7,12 +7,14 @@ finishes with a correct answer, and the process exits 0 (reliability check S1).
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from pathlib import Path
 
 import grpc
@@ -42,6 +44,13 @@ def wait_for(predicate, timeout: float, what: str) -> None:  # type: ignore[no-u
     raise AssertionError(f"timed out waiting for {what}")
 
 
+def inflight(metrics_port: int) -> float:
+    with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=2) as r:
+        text = r.read().decode()
+    match = re.search(r'^xaiserve_inflight_requests\{rpc="Explain"\} ([0-9.]+)$', text, re.M)
+    return float(match.group(1)) if match else 0.0
+
+
 def health_status(stub: health_pb2_grpc.HealthStub) -> int | None:
     try:
         return stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=1).status  # type: ignore[no-any-return]
@@ -55,20 +64,20 @@ def server_process(tmp_path: Path):  # type: ignore[no-untyped-def]
     mask[2:12, 2:12] = True
     write_model_folder(region_logit_model(32, 32, [mask, ~mask], gain=0.05), tmp_path / "repo",
                        height=32, width=32, name="region")
-    port = free_port()
+    port, metrics_port = free_port(), free_port()
     env = {**os.environ, "XAISERVE_MODELS_DIR": str(tmp_path / "repo"), "XAISERVE_PORT": str(port),
-           "XAISERVE_HOST": "127.0.0.1", "XAISERVE_METRICS_PORT": "0", "XAISERVE_DRAIN_SECONDS": "30",
-           "XAISERVE_LOG_FORMAT": "text"}
+           "XAISERVE_HOST": "127.0.0.1", "XAISERVE_METRICS_PORT": str(metrics_port),
+           "XAISERVE_DRAIN_SECONDS": "60", "XAISERVE_LOG_FORMAT": "text"}
     proc = subprocess.Popen([sys.executable, "-c", SERVE], env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
-    yield proc, port
+    yield proc, port, metrics_port
     if proc.poll() is None:
         proc.kill()
         proc.wait()
 
 
 def test_sigterm_drains_in_flight_work_and_exits_zero(server_process) -> None:  # type: ignore[no-untyped-def]
-    proc, port = server_process
+    proc, port, metrics_port = server_process
     channel = grpc.insecure_channel(f"127.0.0.1:{port}")
     health = health_pb2_grpc.HealthStub(channel)
     stub = pb_grpc.ExplainServiceStub(channel)
@@ -78,7 +87,7 @@ def test_sigterm_drains_in_flight_work_and_exits_zero(server_process) -> None:  
     request = pb.ExplainRequest(
         model="region", image=pb.Image(tensor=pb.Tensor(dtype="uint8", shape=[32, 32, 3], data=image.tobytes())),
         target=pb.ClassRef(index=0),
-        method=pb.MethodParams(pixelwise_prediction_difference=pb.PixelwisePredictionDifferenceParams(stride=2, seed=3)),
+        method=pb.MethodParams(pixelwise_prediction_difference=pb.PixelwisePredictionDifferenceParams(stride=1, samples=20, seed=3)),
     )
     results: list[object] = [None] * 6
 
@@ -91,7 +100,7 @@ def test_sigterm_drains_in_flight_work_and_exits_zero(server_process) -> None:  
     threads = [threading.Thread(target=call, args=(i,)) for i in range(6)]
     for t in threads:
         t.start()
-    time.sleep(0.3)  # all six are admitted and computing
+    wait_for(lambda: inflight(metrics_port) == 6, 60, "six requests in flight")
     assert all(r is None for r in results), "requests finished before the signal: make them slower"
     proc.send_signal(signal.SIGTERM)
     wait_for(lambda: health_status(health) != health_pb2.HealthCheckResponse.SERVING, 5, "NOT_SERVING")

@@ -32,6 +32,7 @@ import numpy as np
 from PIL import Image as PILImage
 
 from xaiserve_client.client import ExplainClient
+from xaiserve_client.compare import write_outputs
 from xaiserve_client.errors import (
     FailedPrecondition,
     InvalidArgument,
@@ -321,6 +322,14 @@ def run(
             images = demo_images(n_images, version.labels)
             print(f"{len(images.images)} images from {images.source}", file=sys.stderr)
             rows = explain_all(client, images, model, version, out)
+            print("comparing every method on the first image …", file=sys.stderr)
+            comparison = client.compare(
+                images.images[0],
+                model.name,
+                version=version.version,
+                mask=images.masks[0] if images.masks is not None else None,
+            )
+            compare_paths = write_outputs(comparison, out / "compare")
     finally:
         if process is not None:
             status = stop_server(process)
@@ -328,6 +337,7 @@ def run(
     md, table = write_tables(rows, out)
     print(markdown_table(rows))
     print(f"overlays, {md.name} and {table.name} written to {out.resolve()}")
+    print(f"side-by-side comparison: {compare_paths['png']} and {compare_paths['html']}")
     return 0
 
 
