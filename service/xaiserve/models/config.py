@@ -61,6 +61,7 @@ class ModelConfig:
     batching: BatchingConfig = BatchingConfig()
     torch: TorchConfig | None = None
     description: str = ""
+    sha256: str = ""  # optional pin: the model file must have this SHA-256
 
 
 def load_config(path: Path) -> ModelConfig:
@@ -78,7 +79,7 @@ def load_config(path: Path) -> ModelConfig:
 
 def parse_config(raw: dict[str, Any], where: str) -> ModelConfig:
     r = _Reader(raw, where)
-    known_top = {"description", "input", "output", "batching", "torch"}
+    known_top = {"description", "sha256", "input", "output", "batching", "torch"}
     r.no_unknown(raw, known_top, "")
     inp = r.table("input", required=True)
     r.no_unknown(
@@ -139,12 +140,16 @@ def parse_config(raw: dict[str, Any], where: str) -> ModelConfig:
         if not weights or "/" in weights or "\\" in weights or weights.startswith("."):
             r.fail("torch.weights", "must be a file name inside the version folder")
         torch_cfg = TorchConfig(entry_point=entry, weights=weights)
+    sha256 = r.string(raw, "sha256", "").lower()
+    if sha256 and (len(sha256) != 64 or any(c not in "0123456789abcdef" for c in sha256)):
+        r.fail("sha256", "must be 64 hexadecimal digits")
     return ModelConfig(
         input=input_cfg,
         output=output_cfg,
         batching=batching,
         torch=torch_cfg,
         description=r.string(raw, "description", ""),
+        sha256=sha256,
     )
 
 

@@ -199,6 +199,10 @@ class ModelRepository:
                 f"{onnx_path}: file missing (every model version needs {MODEL_FILE})"
             )
         sha = file_sha256(onnx_path)
+        if config.sha256 and sha != config.sha256:
+            raise ValueError(
+                f"{onnx_path}: SHA-256 {sha} does not match the pin in {CONFIG_FILE} ({config.sha256})"
+            )
         session = OnnxSession(
             onnx_path,
             input_name=config.input.name,
