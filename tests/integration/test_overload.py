@@ -34,11 +34,13 @@ def image_msg(seed: int) -> pb.Image:
     return pb.Image(tensor=pb.Tensor(dtype="uint8", shape=[SIZE, SIZE, 3], data=img.tobytes()))
 
 
-def slow_request(seed: int = 0) -> pb.ExplainRequest:
+def slow_request(seed: int = 0, samples: int = 40) -> pb.ExplainRequest:
     return pb.ExplainRequest(model="m", image=image_msg(seed), target=pb.ClassRef(index=0), method=pb.MethodParams(
-        pixelwise_prediction_difference=pb.PixelwisePredictionDifferenceParams(stride=1, samples=40, seed=1)))
+        pixelwise_prediction_difference=pb.PixelwisePredictionDifferenceParams(stride=1, samples=samples, seed=1)))
 
-FULL_COST = (SIZE - 10 + 1) ** 2 * 40
+
+DEADLINE_SAMPLES = 300
+FULL_COST = (SIZE - 10 + 1) ** 2 * DEADLINE_SAMPLES
 
 
 def images_done(server) -> float:  # type: ignore[no-untyped-def]
@@ -78,7 +80,7 @@ def test_deadline_stops_work_at_the_next_batch(start_server, channel_to, repo: P
     stub = pb_grpc.ExplainServiceStub(channel_to(port))
     before = images_done(server)
     with pytest.raises(grpc.RpcError) as info:
-        stub.Explain(slow_request(), timeout=0.3)
+        stub.Explain(slow_request(samples=DEADLINE_SAMPLES), timeout=0.3)
     at_deadline = images_done(server)
     assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
     time.sleep(1.0)
