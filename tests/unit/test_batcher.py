@@ -13,7 +13,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from xaiserve.errors import DeadlineExceeded, Overloaded
 from xaiserve.observability import Metrics
 from xaiserve.runtime.batcher import DynamicBatcher, ImageBudget, InferenceFailed
@@ -40,10 +39,18 @@ class Recorder:
         return np.stack([x.reshape(len(x), -1).sum(axis=1), np.full(len(x), len(x))], axis=1)
 
 
-def make(runner: Recorder, metrics: Metrics, capacity: int = 1000, mb: int = 32, delay: float = 0.05) -> DynamicBatcher:
+def make(
+    runner: Recorder, metrics: Metrics, capacity: int = 1000, mb: int = 32, delay: float = 0.05
+) -> DynamicBatcher:
     return DynamicBatcher(
-        runner, model="m", version="1", runtime="test", max_batch_size=mb,
-        max_queue_delay_s=delay, budget=ImageBudget(capacity), metrics=metrics,
+        runner,
+        model="m",
+        version="1",
+        runtime="test",
+        max_batch_size=mb,
+        max_queue_delay_s=delay,
+        budget=ImageBudget(capacity),
+        metrics=metrics,
     )
 
 
@@ -53,22 +60,48 @@ def test_concurrent_requests_share_forward_passes_and_get_their_own_results() ->
 
     def request(i: int) -> np.ndarray:
         x = np.full((4, 2), float(i), np.float32)
-        return batcher.submit(x, RequestContext()).result(5)
+        batcher.enter()
+        try:
+            return batcher.submit(x, RequestContext()).result(5)
+        finally:
+            batcher.leave()
 
+    for _ in range(8):  # eight requests are active before any submits (as Model.predict does)
+        batcher.enter()
     with ThreadPoolExecutor(8) as pool:
         results = list(pool.map(request, range(8)))
+    for _ in range(8):
+        batcher.leave()
     batcher.close()
     for i, out in enumerate(results):
         np.testing.assert_array_equal(out[:, 0], np.full(4, 2.0 * i))
     assert sum(runner.batches) == 32
     assert len(runner.batches) < 8, runner.batches  # merged into shared batches
-    assert metrics.registry.get_sample_value("xaiserve_inference_images_total", {"model": "m", "version": "1"}) == 32
+    assert (
+        metrics.registry.get_sample_value(
+            "xaiserve_inference_images_total", {"model": "m", "version": "1"}
+        )
+        == 32
+    )
+
+
+def test_a_lone_request_does_not_wait_for_a_batch_to_fill() -> None:
+    """With nobody else active, the fill delay (here 5 s) is not waited out."""
+    runner, metrics = Recorder(), Metrics()
+    batcher = make(runner, metrics, delay=5.0)
+    batcher.enter()
+    out = batcher.submit(np.ones((1, 2), np.float32), RequestContext()).result(timeout=2.0)
+    batcher.leave()
+    batcher.close()
+    assert out[0, 0] == 2.0
 
 
 def test_item_larger_than_free_batch_space_is_split_across_batches() -> None:
     runner, metrics = Recorder(), Metrics()
     batcher = make(runner, metrics, mb=8, delay=0.0)
-    futs = [batcher.submit(np.full((6, 1), float(i), np.float32), RequestContext()) for i in range(3)]
+    futs = [
+        batcher.submit(np.full((6, 1), float(i), np.float32), RequestContext()) for i in range(3)
+    ]
     outs = [f.result(5) for f in futs]
     batcher.close()
     assert all(len(o) == 6 for o in outs)
@@ -91,7 +124,12 @@ def test_admission_refuses_exactly_the_overflow() -> None:
             refused += 1
             assert "max_queued_images" in str(exc)
     assert refused == n - q and len(accepted) == q
-    assert metrics.registry.get_sample_value("xaiserve_rejected_requests_total", {"reason": "queue_full"}) == n - q
+    assert (
+        metrics.registry.get_sample_value(
+            "xaiserve_rejected_requests_total", {"reason": "queue_full"}
+        )
+        == n - q
+    )
     runner.gate.set()
     first.result(5)
     for fut in accepted:
@@ -115,9 +153,12 @@ def test_expired_queued_work_never_runs() -> None:
         fut.result(5)
     batcher.close()
     assert 42.0 not in runner.seen_markers
-    assert metrics.registry.get_sample_value(
-        "xaiserve_dropped_images_total", {"model": "m", "version": "1", "reason": "deadline"}
-    ) == 1
+    assert (
+        metrics.registry.get_sample_value(
+            "xaiserve_dropped_images_total", {"model": "m", "version": "1", "reason": "deadline"}
+        )
+        == 1
+    )
 
 
 def test_a_poisoned_item_fails_alone() -> None:
@@ -146,14 +187,24 @@ def test_predict_streams_chunks_in_bounded_memory(tmp_path: Path) -> None:
     mask = np.zeros((8, 8), bool)
     mask[:4, :4] = True
     metrics = Metrics()
-    model = load_onnx_model(region_logit_model(8, 8, [mask, ~mask]), tmp_path, height=8, width=8,
-                            max_batch_size=4, metrics=metrics)
+    model = load_onnx_model(
+        region_logit_model(8, 8, [mask, ~mask]),
+        tmp_path,
+        height=8,
+        width=8,
+        max_batch_size=4,
+        metrics=metrics,
+    )
     ahead: list[float] = []
 
     def chunks():  # type: ignore[no-untyped-def]
         for i in range(50):
-            done = metrics.registry.get_sample_value(
-                "xaiserve_inference_images_total", {"model": "test", "version": "1"}) or 0.0
+            done = (
+                metrics.registry.get_sample_value(
+                    "xaiserve_inference_images_total", {"model": "test", "version": "1"}
+                )
+                or 0.0
+            )
             ahead.append(i * 4 - done)
             yield np.full((4, 8, 8, 3), float(i), np.float32)
 

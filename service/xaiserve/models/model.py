@@ -100,6 +100,7 @@ class Model:
         results: list[np.ndarray] = []
         outstanding: deque[tuple[Future[np.ndarray], int]] = deque()
         in_flight = 0
+        self.batcher.enter()
         try:
             for chunk in chunks:
                 self._check_chunk(chunk)
@@ -117,6 +118,7 @@ class Model:
                 fut, _ = outstanding.popleft()
                 results.append(_wait(fut, ctx))
         finally:
+            self.batcher.leave()
             for fut, _ in outstanding:
                 fut.cancel()
         raw = np.concatenate(results) if results else np.empty((0, self.num_classes), np.float32)

@@ -105,6 +105,7 @@ class DynamicBatcher:
         self._metrics = metrics
         self._queue: deque[_Item] = deque()
         self._pending = 0
+        self._active = 0
         self._cond = threading.Condition()
         self._closed = False
         self._thread = threading.Thread(
@@ -142,6 +143,24 @@ class DynamicBatcher:
             self._cond.notify()
         return item.future
 
+    def enter(self) -> None:
+        """A request starts using this model (it may submit work at any moment)."""
+        with self._cond:
+            self._active += 1
+
+    def leave(self) -> None:
+        with self._cond:
+            self._active -= 1
+            self._cond.notify()
+
+    def _others_may_join(self) -> bool:
+        """Whether waiting can fill the batch: some active request has nothing queued yet.
+
+        A lone client never waits out ``max_queue_delay``; under concurrency the batch waits
+        (at most that long) for the requests that are still preparing their images.
+        """
+        return self._active > len({id(item.ctx) for item in self._queue})
+
     def close(self, timeout: float | None = None) -> None:
         """Finish what is queued, then stop the worker."""
         with self._cond:
@@ -164,7 +183,11 @@ class DynamicBatcher:
             if not self._queue:
                 return None
             oldest = self._queue[0].enqueued
-            while self._pending < self.max_batch_size and not self._closed:
+            while (
+                self._pending < self.max_batch_size
+                and not self._closed
+                and self._others_may_join()
+            ):
                 remaining = oldest + self.max_queue_delay_s - time.monotonic()
                 if remaining <= 0:
                     break
@@ -223,7 +246,7 @@ class DynamicBatcher:
             for item, a, b in parts:
                 self._deliver(item, a, b, out[offset : offset + (b - a)], elapsed)
                 offset += b - a
-        except Exception:  # noqa: BLE001 - isolate the failing item below
+        except Exception:
             log.warning("batch of %d failed; retrying its items one by one", count, exc_info=True)
             for item, a, b in parts:
                 if item.future.done():
@@ -231,7 +254,7 @@ class DynamicBatcher:
                 t0 = time.perf_counter()
                 try:
                     single = self.runner(item.x[a:b])
-                except Exception:  # noqa: BLE001
+                except Exception:
                     log.exception("inference failed for one request's images")
                     _settle(
                         item.future,
@@ -255,7 +278,7 @@ class DynamicBatcher:
         if item.future.done():
             return
         if item.out is None:
-            item.out = np.empty((len(item.x),) + out.shape[1:], dtype=np.float32)
+            item.out = np.empty((len(item.x), *out.shape[1:]), dtype=np.float32)
         item.out[a:b] = out
         item.done += b - a
         item.ctx.record_batch(b - a, seconds, 0.0)
