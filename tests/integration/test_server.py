@@ -13,13 +13,27 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from PIL import Image
 from prometheus_client import generate_latest
-
-from tests.support import region_logit_model, write_model_folder
 from xaiserve.v1 import explain_pb2 as pb
 from xaiserve.v1 import explain_pb2_grpc as pb_grpc
 
-TRAVERSAL = ["../etc", "a/../b", "../../etc/passwd", "/etc/passwd", "model/subdir", "..", " ..", ".. ",
-             "model/", "%2e%2e%2f", "mo\x00del", "x" * 10_000, ".hidden", ""]
+from tests.support import region_logit_model, write_model_folder
+
+TRAVERSAL = [
+    "../etc",
+    "a/../b",
+    "../../etc/passwd",
+    "/etc/passwd",
+    "model/subdir",
+    "..",
+    " ..",
+    ".. ",
+    "model/",
+    "%2e%2e%2f",
+    "mo\x00del",
+    "x" * 10_000,
+    ".hidden",
+    "",
+]
 
 
 def png(arr: np.ndarray) -> bytes:
@@ -32,14 +46,29 @@ def png(arr: np.ndarray) -> bytes:
 def repo(tmp_path: Path, region_masks: tuple[np.ndarray, np.ndarray]) -> Path:
     root = tmp_path / "repo"
     a, b = region_masks
-    write_model_folder(region_logit_model(16, 16, [a, b], gain=0.05), root, height=16, width=16,
-                       labels=["left", "right"], name="regions")
-    write_model_folder(region_logit_model(16, 16, [b, a], gain=0.05), root, height=16, width=16,
-                       labels=["right", "left"], name="regions", version="2")
+    write_model_folder(
+        region_logit_model(16, 16, [a, b], gain=0.05),
+        root,
+        height=16,
+        width=16,
+        labels=["left", "right"],
+        name="regions",
+    )
+    write_model_folder(
+        region_logit_model(16, 16, [b, a], gain=0.05),
+        root,
+        height=16,
+        width=16,
+        labels=["right", "left"],
+        name="regions",
+        version="2",
+    )
     broken = root / "broken" / "1"
     broken.mkdir(parents=True)
     (broken / "model.onnx").write_bytes(b"not onnx")
-    (broken / "config.toml").write_text('[input]\nheight = 4\nwidth = 4\n[output]\nlabels = ["a"]\n')
+    (broken / "config.toml").write_text(
+        '[input]\nheight = 4\nwidth = 4\n[output]\nlabels = ["a"]\n'
+    )
     return root
 
 
@@ -74,10 +103,15 @@ def test_predict_answers_by_construction(stub) -> None:  # type: ignore[no-untyp
     s, _, _ = stub
     img = np.zeros((32, 32, 3), np.uint8)
     img[2:14, 2:14] = 255  # the (scaled) left region lights up
-    r = s.Predict(pb.PredictRequest(model="regions", version="1", image=pb.Image(encoded=png(img))), timeout=10)
+    r = s.Predict(
+        pb.PredictRequest(model="regions", version="1", image=pb.Image(encoded=png(img))),
+        timeout=10,
+    )
     assert r.classes[0].label == "left" and r.classes[0].probability > 0.99
     assert abs(sum(c.probability for c in r.classes) - 1.0) < 1e-5
-    newest = s.Predict(pb.PredictRequest(model="regions", image=pb.Image(encoded=png(img))), timeout=10)
+    newest = s.Predict(
+        pb.PredictRequest(model="regions", image=pb.Image(encoded=png(img))), timeout=10
+    )
     assert newest.version == "2" and newest.classes[0].label == "left"  # v2 swaps the label order
 
 
@@ -86,7 +120,10 @@ def test_raw_tensor_images(stub) -> None:  # type: ignore[no-untyped-def]
     arr = np.zeros((16, 16, 3), np.float32)
     arr[10:15, 9:14] = 255.0
     t = pb.Tensor(dtype="float32", shape=[16, 16, 3], data=arr.astype("<f4").tobytes())
-    r = s.Predict(pb.PredictRequest(model="regions", version="1", image=pb.Image(tensor=t), top_k=1), timeout=10)
+    r = s.Predict(
+        pb.PredictRequest(model="regions", version="1", image=pb.Image(tensor=t), top_k=1),
+        timeout=10,
+    )
     assert len(r.classes) == 1 and r.classes[0].label == "right"
 
 
@@ -101,13 +138,22 @@ def test_traversal_names_are_invalid(stub, name: str) -> None:  # type: ignore[n
 def test_odd_valid_names_are_not_found(stub) -> None:  # type: ignore[no-untyped-def]
     s, _, _ = stub
     assert code_of(s.Predict, pb.PredictRequest(model="model..1"))[0] == grpc.StatusCode.NOT_FOUND
-    assert code_of(s.GetModel, pb.GetModelRequest(model="regions", version="9"))[0] == grpc.StatusCode.NOT_FOUND
-    assert code_of(s.GetModel, pb.GetModelRequest(model="regions", version="../1"))[0] == grpc.StatusCode.INVALID_ARGUMENT
+    assert (
+        code_of(s.GetModel, pb.GetModelRequest(model="regions", version="9"))[0]
+        == grpc.StatusCode.NOT_FOUND
+    )
+    assert (
+        code_of(s.GetModel, pb.GetModelRequest(model="regions", version="../1"))[0]
+        == grpc.StatusCode.INVALID_ARGUMENT
+    )
 
 
 def test_failed_model_is_unavailable_with_its_reason(stub) -> None:  # type: ignore[no-untyped-def]
     s, _, _ = stub
-    code, details = code_of(s.Predict, pb.PredictRequest(model="broken", image=pb.Image(encoded=png(np.zeros((4, 4, 3))))))
+    code, details = code_of(
+        s.Predict,
+        pb.PredictRequest(model="broken", image=pb.Image(encoded=png(np.zeros((4, 4, 3))))),
+    )
     assert code == grpc.StatusCode.UNAVAILABLE and "failed" in details
 
 
@@ -115,10 +161,38 @@ def test_failed_model_is_unavailable_with_its_reason(stub) -> None:  # type: ign
     ("request_", "code", "fragment"),
     [
         (pb.PredictRequest(model="regions"), grpc.StatusCode.INVALID_ARGUMENT, "image is missing"),
-        (pb.PredictRequest(model="regions", image=pb.Image(encoded=b"GIF89a...")), grpc.StatusCode.INVALID_ARGUMENT, "could not be decoded"),
-        (pb.PredictRequest(model="regions", image=pb.Image(tensor=pb.Tensor(dtype="float32", shape=[2, 2, 3], data=b"\0" * 47))), grpc.StatusCode.INVALID_ARGUMENT, "needs 48"),
-        (pb.PredictRequest(model="regions", image=pb.Image(tensor=pb.Tensor(dtype="float32", shape=[1, 1, 3], data=np.full(3, np.nan, "<f4").tobytes()))), grpc.StatusCode.INVALID_ARGUMENT, "NaN"),
-        (pb.PredictRequest(model="regions", image=pb.Image(encoded=png(np.zeros((4, 4, 3)))), top_k=0), grpc.StatusCode.INVALID_ARGUMENT, "top_k"),
+        (
+            pb.PredictRequest(model="regions", image=pb.Image(encoded=b"GIF89a...")),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "could not be decoded",
+        ),
+        (
+            pb.PredictRequest(
+                model="regions",
+                image=pb.Image(tensor=pb.Tensor(dtype="float32", shape=[2, 2, 3], data=b"\0" * 47)),
+            ),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "needs 48",
+        ),
+        (
+            pb.PredictRequest(
+                model="regions",
+                image=pb.Image(
+                    tensor=pb.Tensor(
+                        dtype="float32", shape=[1, 1, 3], data=np.full(3, np.nan, "<f4").tobytes()
+                    )
+                ),
+            ),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "NaN",
+        ),
+        (
+            pb.PredictRequest(
+                model="regions", image=pb.Image(encoded=png(np.zeros((4, 4, 3)))), top_k=0
+            ),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "top_k",
+        ),
     ],
 )
 def test_bad_input_gets_a_clear_status(stub, request_, code, fragment) -> None:  # type: ignore[no-untyped-def]
@@ -132,16 +206,30 @@ def test_explain_errors(stub) -> None:  # type: ignore[no-untyped-def]
     image = pb.Image(encoded=png(np.zeros((16, 16, 3))))
     code, details = code_of(s.Explain, pb.ExplainRequest(model="regions", image=image))
     assert code == grpc.StatusCode.INVALID_ARGUMENT and "regional_prediction_difference" in details
-    code, details = code_of(s.Explain, pb.ExplainRequest(
-        model="regions", image=image, target=pb.ClassRef(index=7),
-        method=pb.MethodParams(saliency=pb.SaliencyParams())))
+    code, details = code_of(
+        s.Explain,
+        pb.ExplainRequest(
+            model="regions",
+            image=image,
+            target=pb.ClassRef(index=7),
+            method=pb.MethodParams(saliency=pb.SaliencyParams()),
+        ),
+    )
     assert code in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.UNIMPLEMENTED)
-    code, details = code_of(s.Explain, pb.ExplainRequest(
-        model="regions", image=image, target=pb.ClassRef(label="nope"),
-        method=pb.MethodParams(gad=pb.GadParams(support_set="x"))))
+    code, details = code_of(
+        s.Explain,
+        pb.ExplainRequest(
+            model="regions",
+            image=image,
+            target=pb.ClassRef(label="nope"),
+            method=pb.MethodParams(gad=pb.GadParams(support_set="x")),
+        ),
+    )
     assert code in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.UNIMPLEMENTED)
     assert code_of(s.FitGad, iter([pb.FitGadRequest()]))[0] in (
-        grpc.StatusCode.UNIMPLEMENTED, grpc.StatusCode.INVALID_ARGUMENT)
+        grpc.StatusCode.UNIMPLEMENTED,
+        grpc.StatusCode.INVALID_ARGUMENT,
+    )
 
 
 def test_unknown_model_names_never_become_labels(stub) -> None:  # type: ignore[no-untyped-def]
@@ -152,11 +240,14 @@ def test_unknown_model_names_never_become_labels(stub) -> None:  # type: ignore[
         name = "".join(rng.choice(string.ascii_lowercase) for _ in range(12))
         code_of(s.Predict, pb.PredictRequest(model=name))
     after = generate_latest(server.metrics.registry).decode()
-    series = lambda text: {ln.split(" ")[0] for ln in text.splitlines() if ln and not ln.startswith("#")}  # noqa: E731
-    new = series(after) - series(before)
+    new = _series(after) - _series(before)
     assert all("model=" not in s_ or "regions" in s_ or "broken" in s_ for s_ in new), new
-    assert server.metrics.registry.get_sample_value(
-        "xaiserve_requests_total", {"rpc": "Predict", "method": "none", "code": "NOT_FOUND"}) == 50
+    assert (
+        server.metrics.registry.get_sample_value(
+            "xaiserve_requests_total", {"rpc": "Predict", "method": "none", "code": "NOT_FOUND"}
+        )
+        == 50
+    )
 
 
 def test_metrics_count_forward_passes_and_requests(stub) -> None:  # type: ignore[no-untyped-def]
@@ -165,10 +256,25 @@ def test_metrics_count_forward_passes_and_requests(stub) -> None:  # type: ignor
     image = pb.Image(encoded=png(np.zeros((16, 16, 3))))
     for _ in range(3):
         s.Predict(pb.PredictRequest(model="regions", version="1", image=image), timeout=10)
-    assert reg.get_sample_value("xaiserve_requests_total", {"rpc": "Predict", "method": "none", "code": "OK"}) == 3
-    assert reg.get_sample_value("xaiserve_inference_images_total", {"model": "regions", "version": "1"}) == 3
-    assert reg.get_sample_value("xaiserve_forward_pass_seconds_count", {
-        "model": "regions", "version": "1", "runtime": "onnxruntime", "batch_size": "1"}) == 3
+    assert (
+        reg.get_sample_value(
+            "xaiserve_requests_total", {"rpc": "Predict", "method": "none", "code": "OK"}
+        )
+        == 3
+    )
+    assert (
+        reg.get_sample_value(
+            "xaiserve_inference_images_total", {"model": "regions", "version": "1"}
+        )
+        == 3
+    )
+    assert (
+        reg.get_sample_value(
+            "xaiserve_forward_pass_seconds_count",
+            {"model": "regions", "version": "1", "runtime": "onnxruntime", "batch_size": "1"},
+        )
+        == 3
+    )
     assert reg.get_sample_value("xaiserve_models_ready") == 2
     assert reg.get_sample_value("xaiserve_model_load_failures_total", {"model": "broken"}) == 1
     assert reg.get_sample_value("xaiserve_inflight_requests", {"rpc": "Predict"}) == 0
@@ -183,7 +289,11 @@ def test_predict_stream_in_order(stub) -> None:  # type: ignore[no-untyped-def]
             arr[10:15, 9:14] = 255
         else:
             arr[1:7, 1:7] = 255
-        images.append(pb.PredictRequest(model="regions", version="1", image=pb.Image(encoded=png(arr)), request_id=str(i)))
+        images.append(
+            pb.PredictRequest(
+                model="regions", version="1", image=pb.Image(encoded=png(arr)), request_id=str(i)
+            )
+        )
     out = list(s.PredictStream(iter(images), timeout=20))
     assert [r.request_id for r in out] == [str(i) for i in range(6)]
     assert [r.classes[0].label for r in out] == ["left", "right"] * 3
@@ -193,12 +303,20 @@ def test_health_and_reflection(stub, channel_to) -> None:  # type: ignore[no-unt
     _, _, port = stub
     health = health_pb2_grpc.HealthStub(channel_to(port))
     for service in ("", "xaiserve.v1.ExplainService"):
-        assert health.Check(health_pb2.HealthCheckRequest(service=service), timeout=5).status == \
-            health_pb2.HealthCheckResponse.SERVING
+        assert (
+            health.Check(health_pb2.HealthCheckRequest(service=service), timeout=5).status
+            == health_pb2.HealthCheckResponse.SERVING
+        )
     from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
     refl = reflection_pb2_grpc.ServerReflectionStub(channel_to(port))
-    answer = next(iter(refl.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=5)))
+    answer = next(
+        iter(
+            refl.ServerReflectionInfo(
+                iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=5
+            )
+        )
+    )
     names = {s.name for s in answer.list_services_response.service}
     assert "xaiserve.v1.ExplainService" in names
 
@@ -209,22 +327,53 @@ def test_reflection_off_in_production(start_server, channel_to, repo: Path) -> N
 
     refl = reflection_pb2_grpc.ServerReflectionStub(channel_to(port))
     with pytest.raises(grpc.RpcError) as info:
-        next(iter(refl.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=5)))
+        next(
+            iter(
+                refl.ServerReflectionInfo(
+                    iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=5
+                )
+            )
+        )
     assert info.value.code() == grpc.StatusCode.UNIMPLEMENTED
 
 
-def test_oversized_message_refused_and_server_still_serves(start_server, channel_to, repo: Path) -> None:  # type: ignore[no-untyped-def]
+def test_oversized_message_refused_and_server_still_serves(
+    start_server, channel_to, repo: Path
+) -> None:  # type: ignore[no-untyped-def]
     _, port = start_server(repo, max_message_bytes=64 * 1024)
     s = pb_grpc.ExplainServiceStub(channel_to(port))
-    big = pb.Image(tensor=pb.Tensor(dtype="uint8", shape=[256, 256, 3], data=b"\0" * (256 * 256 * 3)))
+    big = pb.Image(
+        tensor=pb.Tensor(dtype="uint8", shape=[256, 256, 3], data=b"\0" * (256 * 256 * 3))
+    )
     code, _ = code_of(s.Predict, pb.PredictRequest(model="regions", image=big))
     assert code == grpc.StatusCode.RESOURCE_EXHAUSTED
-    ok = s.Predict(pb.PredictRequest(model="regions", image=pb.Image(encoded=png(np.zeros((16, 16, 3))))), timeout=10)
+    ok = s.Predict(
+        pb.PredictRequest(model="regions", image=pb.Image(encoded=png(np.zeros((16, 16, 3))))),
+        timeout=10,
+    )
     assert ok.classes
 
 
 def test_operations_unknown_ids(stub) -> None:  # type: ignore[no-untyped-def]
     s, _, _ = stub
     assert code_of(s.GetOperation, pb.OperationRequest(id="0" * 32))[0] == grpc.StatusCode.NOT_FOUND
-    assert code_of(s.CancelOperation, pb.OperationRequest(id="../x"))[0] == grpc.StatusCode.INVALID_ARGUMENT
+    assert (
+        code_of(s.CancelOperation, pb.OperationRequest(id="../x"))[0]
+        == grpc.StatusCode.INVALID_ARGUMENT
+    )
     assert list(s.ListOperations(pb.ListOperationsRequest(), timeout=5).operations) == []
+
+
+def _series(text: str) -> set[str]:
+    return {ln.split(" ")[0] for ln in text.splitlines() if ln and not ln.startswith("#")}
+
+
+def test_forward_passes_count_white_box_work(stub) -> None:  # type: ignore[no-untyped-def]
+    s, _, _ = stub
+    image = pb.Image(encoded=png(np.zeros((16, 16, 3))))
+    ig = s.Explain(pb.ExplainRequest(model="regions", version="1", image=image, target=pb.ClassRef(index=0),
+                   method=pb.MethodParams(integrated_gradients=pb.IntegratedGradientsParams(steps=16))), timeout=60)
+    assert ig.forward_passes >= 16  # 16 interpolation points through the torch module
+    sal = s.Explain(pb.ExplainRequest(model="regions", version="1", image=image, target=pb.ClassRef(index=0),
+                    method=pb.MethodParams(saliency=pb.SaliencyParams())), timeout=60)
+    assert 1 <= sal.forward_passes < ig.forward_passes
