@@ -19,9 +19,12 @@ regions gives 1/3/4/6/20 on our images; Felzenszwalb and quickshift have no coun
 3. **Split** (if there are still fewer than ``n`` regions, e.g. Felzenszwalb on a flat image):
    split the largest region in two halves of equal pixel count along the longer side of its
    bounding box (pixels ordered by that coordinate, ties by the other), until the count is
-   exact.
+   exact (the halves of a non-convex region need not be connected).
 
-Labels are contiguous ``0..n−1``; the result is deterministic for a given image.
+Labels are contiguous ``0..n−1``; the result is deterministic for a given image. Seo et al. use
+entropy-rate superpixels (Liu et al. 2011, their ref. [7]), a greedy graph agglomeration that
+stops at exactly the requested count; scikit-image has no ERS, so SLIC (or Felzenszwalb /
+quickshift) followed by the greedy merge above stands in for it.
 
 The boundary prior (Seo et al., Sec. 3.3, Algorithm 3 line 2 and Figure 1(b)): segment at
 ``2^8`` regions, take the mean RGB of every region touching the image border, cluster those
@@ -150,10 +153,8 @@ def split_to_count(labels: np.ndarray, n_regions: int) -> np.ndarray:
     while k < n_regions:
         largest = int(np.argmax(counts))
         ys, xs = np.nonzero(labels == largest)
-        if np.ptp(ys) >= np.ptp(xs):
-            order = np.lexsort((xs, ys))
-        else:
-            order = np.lexsort((ys, xs))
+        long_axis_rows = np.ptp(ys) >= np.ptp(xs)
+        order = np.lexsort((xs, ys)) if long_axis_rows else np.lexsort((ys, xs))
         half = order[: len(order) // 2]
         labels[ys[half], xs[half]] = k
         counts[largest] -= len(half)

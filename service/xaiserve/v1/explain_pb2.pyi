@@ -264,7 +264,7 @@ class SegmentationParams(_message.Message):
     def __init__(self, algorithm: _Optional[str] = ..., n_segments: _Optional[int] = ..., compactness: _Optional[float] = ..., sigma: _Optional[float] = ..., scale: _Optional[float] = ..., min_size: _Optional[int] = ..., kernel_size: _Optional[float] = ..., max_dist: _Optional[float] = ..., ratio: _Optional[float] = ...) -> None: ...
 
 class RegionalPredictionDifferenceParams(_message.Message):
-    __slots__ = ("scales", "segmentation", "sigma_squared", "prior_segments", "evidence", "clip_negative", "seed", "return_scale_maps", "bandwidth")
+    __slots__ = ("scales", "segmentation", "sigma_squared", "prior_segments", "evidence", "clip_negative", "seed", "return_scale_maps", "bandwidth", "laplace_train_size")
     SCALES_FIELD_NUMBER: _ClassVar[int]
     SEGMENTATION_FIELD_NUMBER: _ClassVar[int]
     SIGMA_SQUARED_FIELD_NUMBER: _ClassVar[int]
@@ -274,6 +274,7 @@ class RegionalPredictionDifferenceParams(_message.Message):
     SEED_FIELD_NUMBER: _ClassVar[int]
     RETURN_SCALE_MAPS_FIELD_NUMBER: _ClassVar[int]
     BANDWIDTH_FIELD_NUMBER: _ClassVar[int]
+    LAPLACE_TRAIN_SIZE_FIELD_NUMBER: _ClassVar[int]
     scales: int
     segmentation: SegmentationParams
     sigma_squared: float
@@ -283,10 +284,11 @@ class RegionalPredictionDifferenceParams(_message.Message):
     seed: int
     return_scale_maps: bool
     bandwidth: float
-    def __init__(self, scales: _Optional[int] = ..., segmentation: _Optional[_Union[SegmentationParams, _Mapping]] = ..., sigma_squared: _Optional[float] = ..., prior_segments: _Optional[int] = ..., evidence: _Optional[str] = ..., clip_negative: _Optional[bool] = ..., seed: _Optional[int] = ..., return_scale_maps: _Optional[bool] = ..., bandwidth: _Optional[float] = ...) -> None: ...
+    laplace_train_size: int
+    def __init__(self, scales: _Optional[int] = ..., segmentation: _Optional[_Union[SegmentationParams, _Mapping]] = ..., sigma_squared: _Optional[float] = ..., prior_segments: _Optional[int] = ..., evidence: _Optional[str] = ..., clip_negative: _Optional[bool] = ..., seed: _Optional[int] = ..., return_scale_maps: _Optional[bool] = ..., bandwidth: _Optional[float] = ..., laplace_train_size: _Optional[int] = ...) -> None: ...
 
 class PixelwisePredictionDifferenceParams(_message.Message):
-    __slots__ = ("inner_size", "outer_size", "samples", "stride", "evidence", "clip_negative", "seed")
+    __slots__ = ("inner_size", "outer_size", "samples", "stride", "evidence", "clip_negative", "seed", "laplace_train_size")
     INNER_SIZE_FIELD_NUMBER: _ClassVar[int]
     OUTER_SIZE_FIELD_NUMBER: _ClassVar[int]
     SAMPLES_FIELD_NUMBER: _ClassVar[int]
@@ -294,6 +296,7 @@ class PixelwisePredictionDifferenceParams(_message.Message):
     EVIDENCE_FIELD_NUMBER: _ClassVar[int]
     CLIP_NEGATIVE_FIELD_NUMBER: _ClassVar[int]
     SEED_FIELD_NUMBER: _ClassVar[int]
+    LAPLACE_TRAIN_SIZE_FIELD_NUMBER: _ClassVar[int]
     inner_size: int
     outer_size: int
     samples: int
@@ -301,7 +304,8 @@ class PixelwisePredictionDifferenceParams(_message.Message):
     evidence: str
     clip_negative: bool
     seed: int
-    def __init__(self, inner_size: _Optional[int] = ..., outer_size: _Optional[int] = ..., samples: _Optional[int] = ..., stride: _Optional[int] = ..., evidence: _Optional[str] = ..., clip_negative: _Optional[bool] = ..., seed: _Optional[int] = ...) -> None: ...
+    laplace_train_size: int
+    def __init__(self, inner_size: _Optional[int] = ..., outer_size: _Optional[int] = ..., samples: _Optional[int] = ..., stride: _Optional[int] = ..., evidence: _Optional[str] = ..., clip_negative: _Optional[bool] = ..., seed: _Optional[int] = ..., laplace_train_size: _Optional[int] = ...) -> None: ...
 
 class ContextualImportanceParams(_message.Message):
     __slots__ = ("segmentation", "fill", "utility_fills", "absmin", "absmax", "threshold", "output", "seed", "blur_sigma")
