@@ -34,6 +34,7 @@ class SegmentationParams:
     kernel_size: float = 3.0
     max_dist: float = 6.0
     ratio: float = 0.5
+    slic_zero: bool = True
 
     def __post_init__(self) -> None:
         if self.n_segments < 1:
@@ -55,6 +56,7 @@ def superpixels(image: np.ndarray, params: SegmentationParams) -> np.ndarray:
             sigma=params.sigma,
             start_label=0,
             channel_axis=-1,
+            slic_zero=params.slic_zero,
         )
     elif params.algorithm == "felzenszwalb":
         labels = felzenszwalb(
