@@ -33,8 +33,16 @@ def torchvision_onnx(arch: str, size: int = 224) -> Path:
     torch.manual_seed(0)
     model = getattr(torchvision.models, arch)(weights=None).eval()
     x = torch.randn(1, 3, size, size)
-    torch.onnx.export(model, x, str(path), dynamo=False, opset_version=17, input_names=["input"],
-                      output_names=["logits"], dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
+    torch.onnx.export(
+        model,
+        x,
+        str(path),
+        dynamo=False,
+        opset_version=17,
+        input_names=["input"],
+        output_names=["logits"],
+        dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
+    )
     return path
 
 
@@ -65,11 +73,22 @@ class ServerProcess:
 
     def __init__(self, models_dir: Path, **env: str) -> None:
         self.port = free_port()
-        environ = {**os.environ, "XAISERVE_MODELS_DIR": str(models_dir), "XAISERVE_PORT": str(self.port),
-                   "XAISERVE_HOST": "127.0.0.1", "XAISERVE_METRICS_PORT": "0", "XAISERVE_LOG_LEVEL": "WARNING",
-                   "OMP_WAIT_POLICY": "PASSIVE", **env}
-        self.proc = subprocess.Popen([sys.executable, "-c", SERVE], env=environ,
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        environ = {
+            **os.environ,
+            "XAISERVE_MODELS_DIR": str(models_dir),
+            "XAISERVE_PORT": str(self.port),
+            "XAISERVE_HOST": "127.0.0.1",
+            "XAISERVE_METRICS_PORT": "0",
+            "XAISERVE_LOG_LEVEL": "WARNING",
+            "OMP_WAIT_POLICY": "PASSIVE",
+            **env,
+        }
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", SERVE],
+            env=environ,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         self._wait_ready()
 
     def _wait_ready(self, timeout: float = 180) -> None:
@@ -105,8 +124,12 @@ def median_time(fn: Callable[[], object], repeats: int, warmup: int = 2) -> floa
     return statistics.median(samples)
 
 
-def best_batch_time(session_run: Callable[[np.ndarray], object], x1: np.ndarray,
-                    sizes: tuple[int, ...] = (1, 2, 4, 8, 16, 32), repeats: int = 3) -> tuple[float, int]:
+def best_batch_time(
+    session_run: Callable[[np.ndarray], object],
+    x1: np.ndarray,
+    sizes: tuple[int, ...] = (1, 2, 4, 8, 16, 32),
+    repeats: int = 3,
+) -> tuple[float, int]:
     """Best per-image forward time over batch sizes (the physical floor) and its batch size."""
     best, best_n = float("inf"), 1
     for n in sizes:

@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
+
 from xaiserve.demo import shapes
 from xaiserve.imaging.segmentation import SegmentationParams, superpixels
 from xaiserve.methods.base import BlackBoxModel, OutputSpace, Target

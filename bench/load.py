@@ -24,6 +24,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import grpc
 import psutil
+
 from _common import REPO, ServerProcess, best_batch_time, free_port, ort_session, print_table
 from xaiserve.v1 import explain_pb2 as pb
 from xaiserve.v1 import explain_pb2_grpc as pb_grpc
@@ -37,8 +38,11 @@ def requests() -> tuple[pb.PredictRequest, pb.ExplainRequest]:
     image = heldout(1).images[0]
     msg = pb.Image(tensor=pb.Tensor(dtype="uint8", shape=[SIZE, SIZE, 3], data=image.tobytes()))
     predict = pb.PredictRequest(model="shapes", image=msg)
-    explain = pb.ExplainRequest(model="shapes", image=msg, method=pb.MethodParams(
-        contextual_importance=pb.ContextualImportanceParams(seed=1)))
+    explain = pb.ExplainRequest(
+        model="shapes",
+        image=msg,
+        method=pb.MethodParams(contextual_importance=pb.ContextualImportanceParams(seed=1)),
+    )
     return predict, explain
 
 
@@ -108,10 +112,14 @@ def scrape(metrics_port: int) -> str:
 
 def batch_histogram(text: str) -> str:
     buckets = {}
-    for m in re.finditer(r'xaiserve_batch_images_bucket\{[^}]*le="([^"]+)"[^}]*\} ([0-9.e+]+)', text):
+    for m in re.finditer(
+        r'xaiserve_batch_images_bucket\{[^}]*le="([^"]+)"[^}]*\} ([0-9.e+]+)', text
+    ):
         buckets[m.group(1)] = float(m.group(2))
     prev, parts = 0.0, []
-    for le, count in sorted(((k, v) for k, v in buckets.items() if k != "+Inf"), key=lambda kv: float(kv[0])):
+    for le, count in sorted(
+        ((k, v) for k, v in buckets.items() if k != "+Inf"), key=lambda kv: float(kv[0])
+    ):
         if count - prev:
             parts.append(f"≤{float(le):g}:{int(count - prev)}")
         prev = count
@@ -132,7 +140,14 @@ def soak(port: int, proc: psutil.Process, total: int, reqs) -> list[object]:  # 
                     done += 1
                     await stub.Predict(reqs[0], timeout=30)
                     if done % 500 == 0:
-                        samples.append((done, proc.memory_info().rss / 2**20, proc.num_threads(), proc.num_fds()))
+                        samples.append(
+                            (
+                                done,
+                                proc.memory_info().rss / 2**20,
+                                proc.num_threads(),
+                                proc.num_fds(),
+                            )
+                        )
 
             await asyncio.gather(*(client() for _ in range(8)))
 
@@ -145,8 +160,15 @@ def soak(port: int, proc: psutil.Process, total: int, reqs) -> list[object]:  # 
     slope = float(np.polyfit(x, y, 1)[0]) * 1000 if len(warm) > 2 else float("nan")
     threads = {s[2] for s in warm}
     fds = {s[3] for s in warm}
-    return [total, total / elapsed, warm[0][1] if warm else float("nan"), warm[-1][1] if warm else float("nan"),
-            slope, f"{min(threads)}–{max(threads)}", f"{min(fds)}–{max(fds)}"]
+    return [
+        total,
+        total / elapsed,
+        warm[0][1] if warm else float("nan"),
+        warm[-1][1] if warm else float("nan"),
+        slope,
+        f"{min(threads)}–{max(threads)}",
+        f"{min(fds)}–{max(fds)}",
+    ]
 
 
 def main() -> None:
@@ -160,7 +182,9 @@ def main() -> None:
     session = ort_session(REPO / "models/shapes/1/model.onnx")
     name = session.get_inputs()[0].name
     x1 = np.random.default_rng(0).standard_normal((1, 3, SIZE, SIZE)).astype(np.float32)
-    t_best, n_best = best_batch_time(lambda x: session.run(None, {name: x}), x1, sizes=(1, 8, 32, 64, 128))
+    t_best, n_best = best_batch_time(
+        lambda x: session.run(None, {name: x}), x1, sizes=(1, 8, 32, 64, 128)
+    )
     floor = 1.0 / t_best
 
     metrics_port = free_port()
@@ -170,24 +194,49 @@ def main() -> None:
         rows = []
         for clients in (1, 4, 16, 64):
             stats = asyncio.run(closed_loop(server.port, clients, window, reqs))
-            rows.append([*stats.row(f"closed {clients}", window), proc.memory_info().rss / 2 ** 20])
+            rows.append([*stats.row(f"closed {clients}", window), proc.memory_info().rss / 2**20])
         capacity = max(r[1] for r in rows)  # type: ignore[type-var]
         stats = asyncio.run(open_loop(server.port, 3 * float(capacity), window, reqs))  # type: ignore[arg-type]
-        rows.append([*stats.row(f"open {3 * float(capacity):.0f}/s", window), proc.memory_info().rss / 2 ** 20])
+        rows.append(
+            [
+                *stats.row(f"open {3 * float(capacity):.0f}/s", window),
+                proc.memory_info().rss / 2**20,
+            ]
+        )
         histogram = batch_histogram(scrape(metrics_port))
-        print_table("Load (demo model; 90 % Predict, 10 % Explain contextual_importance)",
-                    ["load", "OK/s", "p50 ms", "p90 ms", "p99 ms", "errors", "server RSS MiB"], rows)
+        print_table(
+            "Load (demo model; 90 % Predict, 10 % Explain contextual_importance)",
+            ["load", "OK/s", "p50 ms", "p90 ms", "p99 ms", "errors", "server RSS MiB"],
+            rows,
+        )
         predict_only = asyncio.run(closed_loop(server.port, 16, window, (reqs[0], reqs[0])))
-        print_table("Predict at 16 clients vs the session's best batch (same run)",
-                    [f"floor img/s (batch {n_best})", "Predict img/s", "ratio"],
-                    [[floor, len(predict_only.latencies) / window, len(predict_only.latencies) / window / floor]])
+        print_table(
+            "Predict at 16 clients vs the session's best batch (same run)",
+            [f"floor img/s (batch {n_best})", "Predict img/s", "ratio"],
+            [
+                [
+                    floor,
+                    len(predict_only.latencies) / window,
+                    len(predict_only.latencies) / window / floor,
+                ]
+            ],
+        )
         print(f"\nbatch sizes seen (from /metrics): {histogram}")
-        print_table("Soak (Predict, 8 clients)",
-                    ["requests", "req/s", "RSS after warm-up MiB", "RSS end MiB", "RSS slope MiB/1000 req",
-                     "threads", "fds"], [soak(server.port, proc, soak_total, reqs)])
+        print_table(
+            "Soak (Predict, 8 clients)",
+            [
+                "requests",
+                "req/s",
+                "RSS after warm-up MiB",
+                "RSS end MiB",
+                "RSS slope MiB/1000 req",
+                "threads",
+                "fds",
+            ],
+            [soak(server.port, proc, soak_total, reqs)],
+        )
     finally:
         server.close()
-
 
 
 if __name__ == "__main__":

@@ -45,6 +45,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
+
 from xaiserve.evaluation.morf import MorfParams, MorfResult, region_perturbation
 from xaiserve.methods.base import BlackBoxModel, OutputSpace
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import (  # noqa: E402
+from _common import (
     REPO,
     ServerProcess,
     best_batch_time,
@@ -29,7 +29,9 @@ from _common import (  # noqa: E402
 )
 
 
-def measure(name: str, models_dir: Path, model: str, onnx_path: Path, size: int, seconds: float) -> list[object]:
+def measure(
+    name: str, models_dir: Path, model: str, onnx_path: Path, size: int, seconds: float
+) -> list[object]:
     import grpc
 
     from xaiserve.v1 import explain_pb2 as pb
@@ -37,18 +39,25 @@ def measure(name: str, models_dir: Path, model: str, onnx_path: Path, size: int,
 
     rng = np.random.default_rng(0)
     image = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
-    x1 = ((image.astype(np.float32) / 255.0 - 0.5) / 0.25).transpose(2, 0, 1)[None].astype(np.float32)
+    x1 = (
+        ((image.astype(np.float32) / 255.0 - 0.5) / 0.25)
+        .transpose(2, 0, 1)[None]
+        .astype(np.float32)
+    )
     session = ort_session(onnx_path)
     inp = session.get_inputs()[0].name
     run = lambda x: session.run(None, {inp: x})  # noqa: E731
     t_session_1 = median_time(lambda: run(x1), 20)
     t_best, n_best = best_batch_time(run, x1)
-    del session
 
     server = ServerProcess(models_dir)
     try:
-        request = pb.PredictRequest(model=model, image=pb.Image(
-            tensor=pb.Tensor(dtype="uint8", shape=[size, size, 3], data=image.tobytes())))
+        request = pb.PredictRequest(
+            model=model,
+            image=pb.Image(
+                tensor=pb.Tensor(dtype="uint8", shape=[size, size, 3], data=image.tobytes())
+            ),
+        )
         channel = grpc.insecure_channel(f"127.0.0.1:{server.port}")
         stub = pb_grpc.ExplainServiceStub(channel)
         t_rpc = median_time(lambda: stub.Predict(request, timeout=60), 20, warmup=3)
@@ -74,8 +83,16 @@ def measure(name: str, models_dir: Path, model: str, onnx_path: Path, size: int,
     finally:
         server.close()
     floor_throughput = 1.0 / t_best
-    return [name, t_session_1 * 1e3, t_rpc * 1e3, t_rpc / t_session_1, n_best, floor_throughput,
-            throughput, throughput / floor_throughput]
+    return [
+        name,
+        t_session_1 * 1e3,
+        t_rpc * 1e3,
+        t_rpc / t_session_1,
+        n_best,
+        floor_throughput,
+        throughput,
+        throughput / floor_throughput,
+    ]
 
 
 def main() -> None:
@@ -83,15 +100,40 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="demo model only, short windows")
     args = parser.parse_args()
     seconds = 5.0 if args.quick else 15.0
-    rows = [measure("demo shapes 64×64", REPO / "models", "shapes", REPO / "models/shapes/1/model.onnx", 64, seconds)]
+    rows = [
+        measure(
+            "demo shapes 64×64",
+            REPO / "models",
+            "shapes",
+            REPO / "models/shapes/1/model.onnx",
+            64,
+            seconds,
+        )
+    ]
     if not args.quick:
         onnx_path = torchvision_onnx("resnet18")
-        rows.append(measure("resnet18 224×224", model_repo("resnet18", onnx_path, 224, 1000),
-                            "resnet18", onnx_path, 224, seconds))
+        rows.append(
+            measure(
+                "resnet18 224×224",
+                model_repo("resnet18", onnx_path, 224, 1000),
+                "resnet18",
+                onnx_path,
+                224,
+                seconds,
+            )
+        )
     print_table(
         "Predict overhead (gRPC vs in-process onnxruntime; same run)",
-        ["model", "session b=1 ms", "Predict RPC ms", "RPC ÷ session", "best batch",
-         "floor img/s", "16 clients img/s", "16 clients ÷ floor"],
+        [
+            "model",
+            "session b=1 ms",
+            "Predict RPC ms",
+            "RPC ÷ session",
+            "best batch",
+            "floor img/s",
+            "16 clients img/s",
+            "16 clients ÷ floor",
+        ],
         rows,
     )
 

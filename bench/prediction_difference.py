@@ -47,6 +47,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
+
 from xaiserve.demo import shapes
 from xaiserve.imaging.exact_regions import (
     PRIOR_REGIONS,

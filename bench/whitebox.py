@@ -39,13 +39,14 @@ import onnx
 import torch
 import torchvision
 from torch import nn
+from zennit.attribution import Gradient
+from zennit.composites import EpsilonAlpha2Beta1Flat, EpsilonPlusFlat
+from zennit.torchvision import ResNetCanonizer, VGGCanonizer
+
 from xaiserve.methods.base import Target, get_method
 from xaiserve.methods.gradients import IntegratedGradientsParams
 from xaiserve.methods.lrp import LrpParams, lrp_attribute
 from xaiserve.runtime.torch_backend import TorchLease, TorchModelPool
-from zennit.attribution import Gradient
-from zennit.composites import EpsilonAlpha2Beta1Flat, EpsilonPlusFlat
-from zennit.torchvision import ResNetCanonizer, VGGCanonizer
 
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)

@@ -90,8 +90,14 @@ def demo_server() -> Iterator[tuple[object, int]]:
     from xaiserve.config import Settings
 
     server, port = create_server(
-        Settings(host="127.0.0.1", port=0, metrics_port=0, models_dir=str(DEMO_MODEL_DIR),
-                 log_format="text", log_level="WARNING")
+        Settings(
+            host="127.0.0.1",
+            port=0,
+            metrics_port=0,
+            models_dir=str(DEMO_MODEL_DIR),
+            log_format="text",
+            log_level="WARNING",
+        )
     )
     yield server, port
     server.stop(grace=1.0)  # type: ignore[attr-defined]

@@ -49,11 +49,11 @@ def write_model_folder(
     label_list = ", ".join(f'"{label}"' for label in labels)
     (folder / "config.toml").write_text(
         "[input]\n"
-        f"height = {height}\nwidth = {width}\nlayout = \"{layout}\"\n"
+        f'height = {height}\nwidth = {width}\nlayout = "{layout}"\n'
         f"value_range = [{value_range[0]}, {value_range[1]}]\n"
         f"mean = [{', '.join(str(float(m)) for m in mean)}]\n"
         f"std = [{', '.join(str(float(s)) for s in std)}]\n"
-        f"[output]\nkind = \"{output_kind}\"\nlabels = [{label_list}]\n"
+        f'[output]\nkind = "{output_kind}"\nlabels = [{label_list}]\n'
         f"[batching]\nmax_batch_size = {max_batch_size}\nmax_queue_delay_ms = {max_queue_delay_ms}\n",
         encoding="utf-8",
     )
@@ -78,8 +78,17 @@ def load_onnx_model(
     """Load an ONNX graph through the real repository; the caller may ``model.close()``."""
     root = tmp_path / "repo"
     write_model_folder(
-        onnx_model, root, height=height, width=width, labels=labels, output_kind=output_kind,
-        mean=mean, std=std, value_range=value_range, max_batch_size=max_batch_size, name=name,
+        onnx_model,
+        root,
+        height=height,
+        width=width,
+        labels=labels,
+        output_kind=output_kind,
+        mean=mean,
+        std=std,
+        value_range=value_range,
+        max_batch_size=max_batch_size,
+        name=name,
     )
     metrics = metrics or Metrics()
     repo = ModelRepository(root, Settings(models_dir=str(root)), metrics, ImageBudget(100_000))

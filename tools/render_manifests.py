@@ -245,13 +245,18 @@ def _apply_strategic(
         name = patch.get("metadata", {}).get("name")
         kind = patch.get("kind")
         if not name or not kind:
-            raise RenderError(f"patch {origin}: a strategic merge patch needs kind and metadata.name")
+            raise RenderError(
+                f"patch {origin}: a strategic merge patch needs kind and metadata.name"
+            )
         indices = [
             i
             for i, obj in enumerate(objects)
-            if obj["kind"] == kind and obj.get("metadata", {}).get("name") == name
-            and ("namespace" not in patch.get("metadata", {})
-                 or obj["metadata"].get("namespace") == patch["metadata"]["namespace"])
+            if obj["kind"] == kind
+            and obj.get("metadata", {}).get("name") == name
+            and (
+                "namespace" not in patch.get("metadata", {})
+                or obj["metadata"].get("namespace") == patch["metadata"]["namespace"]
+            )
         ]
         if len(indices) != 1:
             raise RenderError(f"patch {origin}: {kind}/{name} matches {len(indices)} objects")
@@ -288,7 +293,11 @@ def strategic_merge(base: Any, patch: Any, field: str = "") -> Any:
         items = copy.deepcopy(base)
         for item in patch:
             index = next(
-                (i for i, existing in enumerate(items) if existing.get(merge_key) == item[merge_key]),
+                (
+                    i
+                    for i, existing in enumerate(items)
+                    if existing.get(merge_key) == item[merge_key]
+                ),
                 None,
             )
             if item.get("$patch") == "delete":
@@ -325,7 +334,9 @@ def _strip_directives(value: Any) -> Any:
 
 
 def _apply_json6902(
-    objects: list[dict[str, Any]], ops: list[dict[str, Any]], target: dict[str, Any] | None,
+    objects: list[dict[str, Any]],
+    ops: list[dict[str, Any]],
+    target: dict[str, Any] | None,
     origin: str,
 ) -> None:
     if not target:
@@ -460,7 +471,9 @@ def _add_labels(
                 for term in terms.get("requiredDuringSchedulingIgnoredDuringExecution", []) or []:
                     if "labelSelector" in term:
                         _merge_into(term["labelSelector"], "matchLabels", pairs)
-                for weighted in terms.get("preferredDuringSchedulingIgnoredDuringExecution", []) or []:
+                for weighted in (
+                    terms.get("preferredDuringSchedulingIgnoredDuringExecution", []) or []
+                ):
                     term = weighted.get("podAffinityTerm", {})
                     if "labelSelector" in term:
                         _merge_into(term["labelSelector"], "matchLabels", pairs)
@@ -478,7 +491,7 @@ def split_image(image: str) -> tuple[str, str | None, str | None]:
     slash = image.rfind("/")
     colon = image.rfind(":")
     if colon > slash:
-        image, tag = image[:colon], image[colon + 1:]
+        image, tag = image[:colon], image[colon + 1 :]
     return image, tag, digest
 
 
@@ -522,8 +535,9 @@ _Dumper.add_representer(str, _represent_str)
 
 
 def dump(objects: list[dict[str, Any]]) -> str:
-    return yaml.dump_all(objects, Dumper=_Dumper, sort_keys=False, default_flow_style=False,
-                         width=100)
+    return yaml.dump_all(
+        objects, Dumper=_Dumper, sort_keys=False, default_flow_style=False, width=100
+    )
 
 
 RULES_HEADER = (
@@ -546,7 +560,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("directory", help="a directory with a kustomization.yaml")
     parser.add_argument(
-        "--prometheus-rules", action="store_true",
+        "--prometheus-rules",
+        action="store_true",
         help="print only the PrometheusRule groups, as a Prometheus rule file",
     )
     args = parser.parse_args(argv)

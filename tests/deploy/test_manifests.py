@@ -43,8 +43,14 @@ PRESTOP_MARGIN_SECONDS = 10
 # Labels Prometheus (ServiceMonitor, static config) attaches to every scraped series.
 TARGET_LABELS = {"namespace", "pod", "instance", "job", "service", "container", "endpoint"}
 EXPECTED_KINDS = {
-    "ConfigMap", "PersistentVolumeClaim", "Deployment", "Service", "HorizontalPodAutoscaler",
-    "PodDisruptionBudget", "ServiceMonitor", "PrometheusRule",
+    "ConfigMap",
+    "PersistentVolumeClaim",
+    "Deployment",
+    "Service",
+    "HorizontalPodAutoscaler",
+    "PodDisruptionBudget",
+    "ServiceMonitor",
+    "PrometheusRule",
 }
 CRD_SCHEMAS = {
     "ServiceMonitor": DEPLOY / "schemas" / "servicemonitor-monitoring-v1.json",
@@ -53,7 +59,9 @@ CRD_SCHEMAS = {
 
 
 def _load_renderer():
-    spec = importlib.util.spec_from_file_location("render_manifests", REPO / "tools" / "render_manifests.py")
+    spec = importlib.util.spec_from_file_location(
+        "render_manifests", REPO / "tools" / "render_manifests.py"
+    )
     module = importlib.util.module_from_spec(spec)
     assert spec.loader is not None
     sys.modules.setdefault("render_manifests", module)
@@ -133,8 +141,20 @@ METRIC_NAME_RE = re.compile(r"^(xaiserve_[a-z0-9_]+?)(_bucket|_sum|_count|_total
 # PromQL scanning (names only; enough to catch a renamed or misspelt metric or label)
 
 PROMQL_KEYWORDS = {
-    "by", "without", "on", "ignoring", "group_left", "group_right", "bool", "and", "or",
-    "unless", "offset", "inf", "nan", "atan2",
+    "by",
+    "without",
+    "on",
+    "ignoring",
+    "group_left",
+    "group_right",
+    "bool",
+    "and",
+    "or",
+    "unless",
+    "offset",
+    "inf",
+    "nan",
+    "atan2",
 }
 _STRING = re.compile(r'"(?:[^"\\]|\\.)*"|\'(?:[^\'\\]|\\.)*\'|`[^`]*`')
 _GROUPING = re.compile(r"\b(by|without|on|ignoring|group_left|group_right)\s*\(([^)]*)\)")
@@ -156,7 +176,9 @@ def promql_names_regex(expr: str) -> tuple[set[str], set[str]]:
                 labels.add(name)
     text = _MATCHERS.sub(" ", text)
     text = re.sub(r"\[[^\]]*\]", " ", text)  # ranges and subqueries
-    metrics = {m.group(1) for m in _IDENT.finditer(text) if m.group(1).lower() not in PROMQL_KEYWORDS}
+    metrics = {
+        m.group(1) for m in _IDENT.finditer(text) if m.group(1).lower() not in PROMQL_KEYWORDS
+    }
     return metrics, labels
 
 
@@ -238,7 +260,9 @@ def rendered() -> dict[str, list[dict[str, Any]]]:
 
 
 def one(objects: list[dict[str, Any]], kind: str, name: str | None = None) -> dict[str, Any]:
-    found = [o for o in objects if o["kind"] == kind and (name is None or o["metadata"]["name"] == name)]
+    found = [
+        o for o in objects if o["kind"] == kind and (name is None or o["metadata"]["name"] == name)
+    ]
     assert len(found) == 1, f"expected one {kind} {name or ''}, found {len(found)}"
     return found[0]
 
@@ -285,7 +309,9 @@ def test_builtin_kinds_match_kubernetes_schemas(rendered, overlay, version):
             kubernetes_validate.validate(obj, version, strict=True)
         except kubernetes_validate.ValidationError as exc:
             path = ".".join(str(p) for p in exc.path)
-            pytest.fail(f"{overlay} {obj['kind']}/{obj['metadata']['name']} @ {path}: {exc.message}")
+            pytest.fail(
+                f"{overlay} {obj['kind']}/{obj['metadata']['name']} @ {path}: {exc.message}"
+            )
         checked.add(obj["kind"])
     assert checked == EXPECTED_KINDS - set(CRD_SCHEMAS)
 
@@ -348,12 +374,18 @@ def test_ports_match_server_defaults_and_settings(rendered, overlay):
 
     monitor = one(objects, "ServiceMonitor")
     for endpoint in monitor["spec"]["endpoints"]:
-        assert endpoint["port"] in svc_ports and svc_ports[endpoint["port"]]["port"] == config.DEFAULT_METRICS_PORT
+        assert (
+            endpoint["port"] in svc_ports
+            and svc_ports[endpoint["port"]]["port"] == config.DEFAULT_METRICS_PORT
+        )
         assert endpoint["path"] == "/metrics"
     # the monitor selects the ClusterIP Service only (the headless one would double the targets)
     selector = monitor["spec"]["selector"]["matchLabels"]
-    selected = [s["metadata"]["name"] for s in objects if s["kind"] == "Service"
-                and selector.items() <= s["metadata"]["labels"].items()]
+    selected = [
+        s["metadata"]["name"]
+        for s in objects
+        if s["kind"] == "Service" and selector.items() <= s["metadata"]["labels"].items()
+    ]
     assert selected == ["xaiserve"]
 
 
@@ -364,17 +396,28 @@ def test_selectors_and_references_resolve(rendered, overlay):
     pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
     assert deployment["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()
     for service in (o for o in objects if o["kind"] == "Service"):
-        assert service["spec"]["selector"].items() <= pod_labels.items(), service["metadata"]["name"]
+        assert service["spec"]["selector"].items() <= pod_labels.items(), service["metadata"][
+            "name"
+        ]
     pdb = one(objects, "PodDisruptionBudget")
     assert pdb["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()
     hpa = one(objects, "HorizontalPodAutoscaler")
-    assert hpa["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": "xaiserve"}
-    assert hpa["spec"]["minReplicas"] >= 2, "one replica and a PDB of maxUnavailable 1 allow downtime"
+    assert hpa["spec"]["scaleTargetRef"] == {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "name": "xaiserve",
+    }
+    assert hpa["spec"]["minReplicas"] >= 2, (
+        "one replica and a PDB of maxUnavailable 1 allow downtime"
+    )
     assert "replicas" not in deployment["spec"], "the HPA owns the replica count"
 
     pod = deployment["spec"]["template"]["spec"]
     claim = next(v for v in pod["volumes"] if "persistentVolumeClaim" in v)
-    assert claim["persistentVolumeClaim"]["claimName"] == one(objects, "PersistentVolumeClaim")["metadata"]["name"]
+    assert (
+        claim["persistentVolumeClaim"]["claimName"]
+        == one(objects, "PersistentVolumeClaim")["metadata"]["name"]
+    )
     refs = [e["configMapRef"]["name"] for e in server_container(objects).get("envFrom", [])]
     assert refs == [one(objects, "ConfigMap")["metadata"]["name"]]
 
@@ -410,7 +453,9 @@ def test_env_is_only_real_settings_and_parses(rendered, overlay):
     assert settings.reflection is False
     mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
     assert mounts[settings.models_dir].get("readOnly") is True
-    assert any(settings.operations_dir.startswith(path + "/") for path in mounts if path != "/models")
+    assert any(
+        settings.operations_dir.startswith(path + "/") for path in mounts if path != "/models"
+    )
     # a Service named "xaiserve" would inject XAISERVE_PORT=tcp://... into the environment
     assert one(objects, "Deployment")["spec"]["template"]["spec"]["enableServiceLinks"] is False
 
@@ -448,7 +493,9 @@ def test_security_context(rendered, overlay):
         assert sc["capabilities"]["drop"] == ["ALL"] and not sc["capabilities"].get("add")
         assert sc["seccompProfile"]["type"] == "RuntimeDefault"
         resources = container["resources"]
-        assert {"cpu", "memory"} <= set(resources["requests"]) and {"cpu", "memory"} <= set(resources["limits"])
+        assert {"cpu", "memory"} <= set(resources["requests"]) and {"cpu", "memory"} <= set(
+            resources["limits"]
+        )
     tmp = next(m for m in server_container(objects)["volumeMounts"] if m["mountPath"] == "/tmp")
     volume = next(v for v in pod["volumes"] if v["name"] == tmp["name"])
     assert "emptyDir" in volume
@@ -476,7 +523,7 @@ def test_gpu_overlay_requests_a_gpu_and_cpu_does_not(rendered):
 
 def test_promql_scanner_finds_names():
     metrics, labels = promql_names(
-        'histogram_quantile(0.99, sum by (le, model) (rate(xaiserve_forward_pass_seconds_bucket'
+        "histogram_quantile(0.99, sum by (le, model) (rate(xaiserve_forward_pass_seconds_bucket"
         '{model=~"$model", code!="a,b"}[$__rate_interval]))) / on(pod) group_left xaiserve_models_ready > 1e3'
     )
     assert metrics == {"xaiserve_forward_pass_seconds_bucket", "xaiserve_models_ready"}
@@ -503,11 +550,16 @@ def test_alerts_use_only_exported_metrics_and_labels(rendered, overlay):
         assert rule["labels"]["severity"] in {"warning", "critical"}
         assert rule["annotations"]["summary"]
     for required in (
-        "xaiserve_requests_total", "xaiserve_forward_pass_seconds_bucket", "xaiserve_queue_images",
-        "xaiserve_models_ready", "xaiserve_rejected_requests_total",
+        "xaiserve_requests_total",
+        "xaiserve_forward_pass_seconds_bucket",
+        "xaiserve_queue_images",
+        "xaiserve_models_ready",
+        "xaiserve_rejected_requests_total",
     ):
         assert required in used, f"no alert on {required}"
-    error_rate = next(r for r in rules if "xaiserve_requests_total" in r["expr"] and '!="OK"' in r["expr"])
+    error_rate = next(
+        r for r in rules if "xaiserve_requests_total" in r["expr"] and '!="OK"' in r["expr"]
+    )
     assert "/" in error_rate["expr"]
     assert any("histogram_quantile(0.99" in r["expr"] for r in rules)
     assert any(re.search(r"xaiserve_models_ready\)?\s*==\s*0", r["expr"]) for r in rules)
@@ -570,14 +622,20 @@ def test_dashboard_panels_cover_the_server_metrics():
                 by_labels.setdefault(name, set()).update(labels)
     for variable in dashboard["templating"]["list"]:
         if variable["type"] == "query":
-            query = variable["query"]["query"] if isinstance(variable["query"], dict) else variable["query"]
+            query = (
+                variable["query"]["query"]
+                if isinstance(variable["query"], dict)
+                else variable["query"]
+            )
             match = re.fullmatch(r"label_values\((\w+),\s*(\w+)\)", query)
             assert match, query
             series, label = match.groups()
             assert series in SERIES
             assert label in FAMILIES[SERIES[series]][1] | TARGET_LABELS
     # the views the dashboard promises
-    assert "batch_size" in by_labels["xaiserve_forward_pass_seconds_bucket"]  # latency by batch size
+    assert (
+        "batch_size" in by_labels["xaiserve_forward_pass_seconds_bucket"]
+    )  # latency by batch size
     assert "xaiserve_inference_images_total" in used  # throughput
     assert "xaiserve_queue_wait_seconds_bucket" in used  # queue wait
     assert "xaiserve_queue_images" in used  # queue depth
@@ -593,7 +651,9 @@ def test_compose_matches_compose_spec_schema():
     from importlib import resources
 
     schema = json.loads(
-        resources.files("check_jsonschema.builtin_schemas.vendor").joinpath("compose-spec.json").read_text()
+        resources.files("check_jsonschema.builtin_schemas.vendor")
+        .joinpath("compose-spec.json")
+        .read_text()
     )
     validator_class = jsonschema.validators.validator_for(schema)
     validator = validator_class(schema, format_checker=validator_class.FORMAT_CHECKER)
@@ -614,7 +674,9 @@ def test_compose_and_prometheus_match_server():
     config.Settings.from_env({k: str(v) for k, v in server.get("environment", {}).items()})
     assert server["read_only"] is True
     assert any(v.endswith(":/models:ro") for v in server["volumes"])
-    drain = float(server["environment"].get("XAISERVE_DRAIN_SECONDS", config.Settings.drain_seconds))
+    drain = float(
+        server["environment"].get("XAISERVE_DRAIN_SECONDS", config.Settings.drain_seconds)
+    )
     assert float(server["stop_grace_period"].rstrip("s")) > drain
     for name in ("prometheus", "grafana"):
         image = compose["services"][name]["image"]
@@ -631,12 +693,19 @@ def test_compose_and_prometheus_match_server():
     assert targets == [f"xaiserve:{config.DEFAULT_METRICS_PORT}"]
     assert prometheus["rule_files"] == ["/etc/prometheus/alerts.yml"]
 
-    datasource = yaml.safe_load((DEPLOY / "grafana" / "provisioning" / "datasources" / "prometheus.yaml").read_text())
+    datasource = yaml.safe_load(
+        (DEPLOY / "grafana" / "provisioning" / "datasources" / "prometheus.yaml").read_text()
+    )
     assert datasource["datasources"][0]["url"] == "http://prometheus:9090"
-    provider = yaml.safe_load((DEPLOY / "grafana" / "provisioning" / "dashboards" / "xaiserve.yaml").read_text())
+    provider = yaml.safe_load(
+        (DEPLOY / "grafana" / "provisioning" / "dashboards" / "xaiserve.yaml").read_text()
+    )
     dashboards_dir = provider["providers"][0]["options"]["path"]
     grafana_mounts = compose["services"]["grafana"]["volumes"]
-    assert any(v.split(":")[1].startswith(dashboards_dir) and "xaiserve-dashboard.json" in v for v in grafana_mounts)
+    assert any(
+        v.split(":")[1].startswith(dashboards_dir) and "xaiserve-dashboard.json" in v
+        for v in grafana_mounts
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -645,15 +714,39 @@ def test_compose_and_prometheus_match_server():
 
 def test_renderer_strategic_merge_and_json6902():
     base = {
-        "spec": {"template": {"spec": {"containers": [
-            {"name": "a", "image": "x", "env": [{"name": "A", "value": "1"}], "ports": [{"containerPort": 1}]},
-            {"name": "b", "image": "y"},
-        ]}}},
+        "spec": {
+            "template": {
+                "spec": {
+                    "containers": [
+                        {
+                            "name": "a",
+                            "image": "x",
+                            "env": [{"name": "A", "value": "1"}],
+                            "ports": [{"containerPort": 1}],
+                        },
+                        {"name": "b", "image": "y"},
+                    ]
+                }
+            }
+        },
     }
-    patch = {"spec": {"template": {"spec": {"containers": [
-        {"name": "a", "env": [{"name": "B", "value": "2"}], "resources": {"limits": {"cpu": "1"}}},
-        {"name": "b", "$patch": "delete"},
-    ], "tolerations": [{"key": "k"}]}}}}
+    patch = {
+        "spec": {
+            "template": {
+                "spec": {
+                    "containers": [
+                        {
+                            "name": "a",
+                            "env": [{"name": "B", "value": "2"}],
+                            "resources": {"limits": {"cpu": "1"}},
+                        },
+                        {"name": "b", "$patch": "delete"},
+                    ],
+                    "tolerations": [{"key": "k"}],
+                }
+            }
+        }
+    }
     merged = renderer.strategic_merge(base, patch)
     containers = merged["spec"]["template"]["spec"]["containers"]
     assert [c["name"] for c in containers] == ["a"]
@@ -663,16 +756,23 @@ def test_renderer_strategic_merge_and_json6902():
     assert base["spec"]["template"]["spec"]["containers"][1]["name"] == "b"  # input untouched
 
     doc = {"a": {"b": [1, 2]}}
-    out = renderer.json_patch(doc, [
-        {"op": "test", "path": "/a/b/0", "value": 1},
-        {"op": "add", "path": "/a/b/-", "value": 3},
-        {"op": "replace", "path": "/a/b/0", "value": 0},
-        {"op": "add", "path": "/a/c~1d", "value": "x"},
-    ])
+    out = renderer.json_patch(
+        doc,
+        [
+            {"op": "test", "path": "/a/b/0", "value": 1},
+            {"op": "add", "path": "/a/b/-", "value": 3},
+            {"op": "replace", "path": "/a/b/0", "value": 0},
+            {"op": "add", "path": "/a/c~1d", "value": "x"},
+        ],
+    )
     assert out == {"a": {"b": [0, 2, 3], "c/d": "x"}}
     with pytest.raises(renderer.RenderError):
         renderer.json_patch(doc, [{"op": "test", "path": "/a/b/0", "value": 9}])
-    assert renderer.split_image("registry:5000/x/y:1.2@sha256:ab") == ("registry:5000/x/y", "1.2", "sha256:ab")
+    assert renderer.split_image("registry:5000/x/y:1.2@sha256:ab") == (
+        "registry:5000/x/y",
+        "1.2",
+        "sha256:ab",
+    )
     assert renderer.split_image("registry:5000/x/y") == ("registry:5000/x/y", None, None)
 
 
@@ -684,8 +784,15 @@ def test_renderer_rejects_unsupported_fields(tmp_path):
 
 def test_renderer_cli_output_round_trips(rendered):
     proc = subprocess.run(
-        [sys.executable, str(REPO / "tools" / "render_manifests.py"), str(DEPLOY / "overlays" / "gpu")],
-        capture_output=True, text=True, timeout=30, check=True,
+        [
+            sys.executable,
+            str(REPO / "tools" / "render_manifests.py"),
+            str(DEPLOY / "overlays" / "gpu"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
     )
     assert list(yaml.safe_load_all(proc.stdout)) == rendered["gpu"]
 
@@ -709,11 +816,16 @@ def fake_path(tmp_path):
     return bin_dir
 
 
-def run_entrypoint(fake_path: Path, args: list[str], env: dict[str, str] | None = None) -> tuple[list[str], dict[str, str], str]:
+def run_entrypoint(
+    fake_path: Path, args: list[str], env: dict[str, str] | None = None
+) -> tuple[list[str], dict[str, str], str]:
     base_env = {"PATH": f"{fake_path}:/usr/bin:/bin", "HOME": "/tmp"}
     proc = subprocess.run(
         ["sh", str(REPO / "docker" / "entrypoint.sh"), *args],
-        env={**base_env, **(env or {})}, capture_output=True, text=True, timeout=10,
+        env={**base_env, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=10,
     )
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
@@ -724,27 +836,55 @@ def run_entrypoint(fake_path: Path, args: list[str], env: dict[str, str] | None 
 
 def test_entrypoint_defaults_exec_serve_with_flags(fake_path, tmp_path):
     argv, environ, _ = run_entrypoint(fake_path, [])
-    assert argv == ["serve", "--host", "0.0.0.0", "--port", str(config.DEFAULT_PORT),
-                    "--metrics-port", str(config.DEFAULT_METRICS_PORT), "--models", "/models"]
+    assert argv == [
+        "serve",
+        "--host",
+        "0.0.0.0",
+        "--port",
+        str(config.DEFAULT_PORT),
+        "--metrics-port",
+        str(config.DEFAULT_METRICS_PORT),
+        "--models",
+        "/models",
+    ]
     assert environ["XAISERVE_MODELS_DIR"] == "/models"
     assert environ["TMPDIR"] == "/tmp"
     assert set(k for k in environ if k.startswith("XAISERVE_")) <= ENV_NAMES
     models = tmp_path / "models"
     models.mkdir()
-    argv_serve, _, stderr2 = run_entrypoint(fake_path, ["serve"], {"XAISERVE_MODELS_DIR": str(models)})
+    argv_serve, _, stderr2 = run_entrypoint(
+        fake_path, ["serve"], {"XAISERVE_MODELS_DIR": str(models)}
+    )
     assert argv_serve[-1] == str(models) and "warning" not in stderr2
 
 
 def test_entrypoint_reads_settings_from_env_and_passes_extra_args(fake_path, tmp_path):
     ops = tmp_path / "ops" / "nested"
     env = {
-        "XAISERVE_HOST": "127.0.0.1", "XAISERVE_PORT": "6000", "XAISERVE_METRICS_PORT": "0",
-        "XAISERVE_MODELS_DIR": str(tmp_path), "XAISERVE_DRAIN_SECONDS": "7",
+        "XAISERVE_HOST": "127.0.0.1",
+        "XAISERVE_PORT": "6000",
+        "XAISERVE_METRICS_PORT": "0",
+        "XAISERVE_MODELS_DIR": str(tmp_path),
+        "XAISERVE_DRAIN_SECONDS": "7",
         "XAISERVE_OPERATIONS_DIR": str(ops),
     }
-    argv, environ, _ = run_entrypoint(fake_path, ["serve", "--models", "/elsewhere", "--verbose"], env)
-    assert argv == ["serve", "--host", "127.0.0.1", "--port", "6000", "--metrics-port", "0",
-                    "--models", str(tmp_path), "--models", "/elsewhere", "--verbose"]
+    argv, environ, _ = run_entrypoint(
+        fake_path, ["serve", "--models", "/elsewhere", "--verbose"], env
+    )
+    assert argv == [
+        "serve",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "6000",
+        "--metrics-port",
+        "0",
+        "--models",
+        str(tmp_path),
+        "--models",
+        "/elsewhere",
+        "--verbose",
+    ]
     assert environ["XAISERVE_DRAIN_SECONDS"] == "7"  # the environment reaches the server unchanged
     assert ops.is_dir()
     argv_flags, _, _ = run_entrypoint(fake_path, ["--port", "7000"], env)
@@ -754,7 +894,10 @@ def test_entrypoint_reads_settings_from_env_and_passes_extra_args(fake_path, tmp
 def test_entrypoint_runs_other_commands(fake_path):
     proc = subprocess.run(
         ["sh", str(REPO / "docker" / "entrypoint.sh"), "echo", "hello"],
-        env={"PATH": f"{fake_path}:/usr/bin:/bin"}, capture_output=True, text=True, timeout=10,
+        env={"PATH": f"{fake_path}:/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        timeout=10,
     )
     assert proc.returncode == 0 and proc.stdout.strip() == "hello"
     argv, _, _ = run_entrypoint(fake_path, ["models-list", "--json"])  # not on PATH → subcommand
@@ -767,7 +910,8 @@ def test_entrypoint_execs_so_signals_reach_the_server(fake_path, tmp_path):
     proc = subprocess.Popen(
         ["sh", str(REPO / "docker" / "entrypoint.sh")],
         env={"PATH": f"{fake_path}:/usr/bin:/bin", "XAISERVE_MODELS_DIR": str(tmp_path)},
-        stdout=subprocess.PIPE, text=True,
+        stdout=subprocess.PIPE,
+        text=True,
     )
     out, _ = proc.communicate(timeout=10)
     assert int(out.strip()) == proc.pid
@@ -778,9 +922,13 @@ def test_entrypoint_is_posix_sh():
     assert text.startswith("#!/bin/sh\n")
     assert re.search(r"^exec \"\$XAISERVE_BIN\" serve", text, re.M)
     for shell in ("sh", "dash", "bash"):
-        path = next((Path(d) / shell for d in ("/bin", "/usr/bin") if (Path(d) / shell).exists()), None)
+        path = next(
+            (Path(d) / shell for d in ("/bin", "/usr/bin") if (Path(d) / shell).exists()), None
+        )
         if path:
-            subprocess.run([str(path), "-n", str(REPO / "docker" / "entrypoint.sh")], check=True, timeout=10)
+            subprocess.run(
+                [str(path), "-n", str(REPO / "docker" / "entrypoint.sh")], check=True, timeout=10
+            )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -802,17 +950,26 @@ def health_server():
     server.stop(None)
 
 
-def run_healthcheck(args: list[str], env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    environ = {k: v for k, v in os.environ.items() if not k.startswith(("XAISERVE_", "HEALTHCHECK_"))}
+def run_healthcheck(
+    args: list[str], env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
+    environ = {
+        k: v for k, v in os.environ.items() if not k.startswith(("XAISERVE_", "HEALTHCHECK_"))
+    }
     return subprocess.run(
         [sys.executable, str(REPO / "docker" / "healthcheck.py"), *args],
-        env={**environ, **(env or {})}, capture_output=True, text=True, timeout=20,
+        env={**environ, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=20,
     )
 
 
 @pytest.fixture(scope="module")
 def healthcheck_module():
-    spec = importlib.util.spec_from_file_location("xaiserve_healthcheck", REPO / "docker" / "healthcheck.py")
+    spec = importlib.util.spec_from_file_location(
+        "xaiserve_healthcheck", REPO / "docker" / "healthcheck.py"
+    )
     module = importlib.util.module_from_spec(spec)
     assert spec.loader is not None
     spec.loader.exec_module(module)
@@ -863,7 +1020,9 @@ def test_healthcheck_default_address(healthcheck_module):
     assert module.default_address({}) == f"127.0.0.1:{config.DEFAULT_PORT}"
     assert module.default_address({"XAISERVE_HOST": "::", "XAISERVE_PORT": "1"}) == "127.0.0.1:1"
     assert module.default_address({"XAISERVE_HOST": "::1"}) == f"[::1]:{config.DEFAULT_PORT}"
-    assert module.default_address({"XAISERVE_HOST": "10.0.0.5"}) == f"10.0.0.5:{config.DEFAULT_PORT}"
+    assert (
+        module.default_address({"XAISERVE_HOST": "10.0.0.5"}) == f"10.0.0.5:{config.DEFAULT_PORT}"
+    )
     assert module.DEFAULT_SERVICE == SERVICE_NAME
     assert module.DEFAULT_SERVICE in HEALTH_SERVICES
 
@@ -897,7 +1056,9 @@ def test_dockerfile_lint():
     assert global_args.get("VARIANT") == "cpu"
 
     def expand(value: str, scope: dict[str, str]) -> str:
-        return re.sub(r"\$\{(\w+)\}|\$(\w+)", lambda m: scope.get(m.group(1) or m.group(2), m.group(0)), value)
+        return re.sub(
+            r"\$\{(\w+)\}|\$(\w+)", lambda m: scope.get(m.group(1) or m.group(2), m.group(0)), value
+        )
 
     stages, stage_args = {}, {}
     runtime_base = None
@@ -919,7 +1080,9 @@ def test_dockerfile_lint():
             stage_args[name] = default or global_args.get(name, "")
     assert {"python-cpu", "python-gpu", "builder", "runtime"} <= set(stages)
     assert stages["python-cpu"].startswith("python:3.11")
-    assert re.match(r"nvidia/cuda:[\d.]+-cudnn-runtime-ubuntu", stages["python-gpu"]), stages["python-gpu"]
+    assert re.match(r"nvidia/cuda:[\d.]+-cudnn-runtime-ubuntu", stages["python-gpu"]), stages[
+        "python-gpu"
+    ]
     assert runtime_base == "python-${VARIANT}"
 
     text = (REPO / "Dockerfile").read_text()
@@ -937,7 +1100,7 @@ def test_dockerfile_lint():
     assert "download.pytorch.org/whl/cpu" in text
     assert "onnxruntime-gpu" in text and '".[gpu]"' in text
 
-    final = instructions[max(i for i, (w, _) in enumerate(instructions) if w == "FROM"):]
+    final = instructions[max(i for i, (w, _) in enumerate(instructions) if w == "FROM") :]
     words = [w for w, _ in final]
     user = next(rest for w, rest in reversed(final) if w == "USER")
     assert user.split(":")[0] == "10001"
@@ -966,8 +1129,11 @@ def test_dockerfile_lint():
 
 
 def test_dockerignore_admits_what_the_build_copies():
-    lines = [line.strip() for line in (REPO / ".dockerignore").read_text().splitlines()
-             if line.strip() and not line.startswith("#")]
+    lines = [
+        line.strip()
+        for line in (REPO / ".dockerignore").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
     assert lines[0] == "*", "allow-list style: exclude everything, then admit"
     admitted = {line[1:].rstrip("/") for line in lines if line.startswith("!")}
     for needed in ("pyproject.toml", "service", "clients", "protos", "models", "docker"):

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image as PILImage
+
 from xaiserve_client import ExplainClient
 from xaiserve_client.cli import main
 

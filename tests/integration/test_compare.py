@@ -102,7 +102,11 @@ def test_compare_renders_consistent_png_html_and_json(demo_server, sample, tmp_p
         assert len(entry["morf_curve"]) == MORF["steps"] + 1
         assert entry["signed"] == result.explanation.signed
     signed = {e["method"]: e["signed"] for e in data["methods"]}
-    assert signed["lrp"] and signed["gradient_times_input"] and not signed["regional_prediction_difference"]
+    assert (
+        signed["lrp"]
+        and signed["gradient_times_input"]
+        and not signed["regional_prediction_difference"]
+    )
 
     # HTML: well-formed, self-contained, same numbers as the JSON
     text = paths["html"].read_text()
@@ -125,17 +129,52 @@ def test_cli_compare_image_and_folder(demo_server, sample, tmp_path: Path) -> No
     Image.fromarray(image).save(tmp_path / "img.png")
     Image.fromarray(mask.astype(np.uint8) * 255).save(tmp_path / "mask.png")
     server = f"127.0.0.1:{port}"
-    code = main(["compare", str(tmp_path / "img.png"), "--server", server, "--methods", *METHODS[:2],
-                 "--mask", str(tmp_path / "mask.png"), "--steps", "10", "--repeats", "1",
-                 "--out", str(tmp_path / "one"), "--timeout", "120"])
+    code = main(
+        [
+            "compare",
+            str(tmp_path / "img.png"),
+            "--server",
+            server,
+            "--methods",
+            *METHODS[:2],
+            "--mask",
+            str(tmp_path / "mask.png"),
+            "--steps",
+            "10",
+            "--repeats",
+            "1",
+            "--out",
+            str(tmp_path / "one"),
+            "--timeout",
+            "120",
+        ]
+    )
     assert code == 0
     numbers = json.loads((tmp_path / "one" / "compare.json").read_text())
     assert [m["method"] for m in numbers["methods"]] == METHODS[:2]
     assert all(0.0 <= m["mu"] <= 1.0 for m in numbers["methods"])
 
     folder = save_folder(heldout(3), tmp_path / "data")
-    code = main(["compare", "--dir", str(folder), "--server", server, "--methods", "lrp", "saliency",
-                 "--steps", "10", "--repeats", "1", "--out", str(tmp_path / "many"), "--timeout", "300"])
+    code = main(
+        [
+            "compare",
+            "--dir",
+            str(folder),
+            "--server",
+            server,
+            "--methods",
+            "lrp",
+            "saliency",
+            "--steps",
+            "10",
+            "--repeats",
+            "1",
+            "--out",
+            str(tmp_path / "many"),
+            "--timeout",
+            "300",
+        ]
+    )
     assert code == 0
     with (tmp_path / "many" / "aggregate.csv").open() as fh:
         rows = {row["method"]: row for row in csv.DictReader(fh)}

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
+from tests.support import load_onnx_model, region_logit_model
 from xaiserve.config import Settings
 from xaiserve.demo import shapes
 from xaiserve.demo.shapes import backgrounds
@@ -28,8 +30,6 @@ from xaiserve.methods.params import params_from_mapping
 from xaiserve.models import Model, ModelRepository
 from xaiserve.observability import Metrics
 from xaiserve.runtime.batcher import ImageBudget
-
-from tests.support import load_onnx_model, region_logit_model
 
 SIZE = 48
 SEGMENTATION = {"n_segments": 36}

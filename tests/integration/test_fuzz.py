@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import io
 from collections.abc import Iterator
-from pathlib import Path
 
 import grpc
 import numpy as np
@@ -19,12 +18,18 @@ from xaiserve.v1 import explain_pb2 as pb
 from xaiserve.v1 import explain_pb2_grpc as pb_grpc
 
 CONTRACT = {
-    grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND, grpc.StatusCode.RESOURCE_EXHAUSTED,
-    grpc.StatusCode.UNIMPLEMENTED, grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED,
+    grpc.StatusCode.INVALID_ARGUMENT,
+    grpc.StatusCode.NOT_FOUND,
+    grpc.StatusCode.RESOURCE_EXHAUSTED,
+    grpc.StatusCode.UNIMPLEMENTED,
+    grpc.StatusCode.UNAVAILABLE,
+    grpc.StatusCode.DEADLINE_EXCEEDED,
     grpc.StatusCode.FAILED_PRECONDITION,
 }
 SIZE = 16
-FUZZ = settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
+FUZZ = settings(
+    max_examples=60, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True
+)
 
 
 @pytest.fixture(scope="module")
@@ -35,11 +40,26 @@ def stub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[pb_grpc.ExplainSe
     root = tmp_path_factory.mktemp("fuzz") / "repo"
     a = np.zeros((SIZE, SIZE), bool)
     a[:8] = True
-    write_model_folder(region_logit_model(SIZE, SIZE, [a, ~a], gain=0.05), root, height=SIZE, width=SIZE,
-                       name="m", labels=["top", "bottom"])
-    server, port = create_server(Settings(
-        host="127.0.0.1", port=0, metrics_port=0, models_dir=str(root), log_format="text",
-        max_forward_passes=3000, max_image_pixels=512 * 512, max_message_bytes=4 << 20))
+    write_model_folder(
+        region_logit_model(SIZE, SIZE, [a, ~a], gain=0.05),
+        root,
+        height=SIZE,
+        width=SIZE,
+        name="m",
+        labels=["top", "bottom"],
+    )
+    server, port = create_server(
+        Settings(
+            host="127.0.0.1",
+            port=0,
+            metrics_port=0,
+            models_dir=str(root),
+            log_format="text",
+            max_forward_passes=3000,
+            max_image_pixels=512 * 512,
+            max_message_bytes=4 << 20,
+        )
+    )
     channel = grpc.insecure_channel(f"127.0.0.1:{port}")
     yield pb_grpc.ExplainServiceStub(channel)
     channel.close()
@@ -63,11 +83,25 @@ def encoded(arr: np.ndarray, mode: str, fmt: str) -> bytes:
 
 image_arrays = st.builds(
     lambda h, w, seed: np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8),
-    st.integers(1, 40), st.integers(1, 40), st.integers(0, 2**16),
+    st.integers(1, 40),
+    st.integers(1, 40),
+    st.integers(0, 2**16),
 )
-MODES = [("RGB", "PNG"), ("L", "PNG"), ("P", "PNG"), ("RGBA", "PNG"), ("LA", "PNG"), ("I;16", "PNG"),
-         ("1", "PNG"), ("RGB", "JPEG"), ("CMYK", "JPEG"), ("L", "JPEG"), ("RGB", "GIF"), ("RGB", "BMP"),
-         ("RGB", "TIFF")]
+MODES = [
+    ("RGB", "PNG"),
+    ("L", "PNG"),
+    ("P", "PNG"),
+    ("RGBA", "PNG"),
+    ("LA", "PNG"),
+    ("I;16", "PNG"),
+    ("1", "PNG"),
+    ("RGB", "JPEG"),
+    ("CMYK", "JPEG"),
+    ("L", "JPEG"),
+    ("RGB", "GIF"),
+    ("RGB", "BMP"),
+    ("RGB", "TIFF"),
+]
 
 
 @st.composite
@@ -82,14 +116,17 @@ def image_bytes(draw: st.DrawFn) -> bytes:
         return data[: draw(st.integers(0, max(0, len(data) - 1)))]
     if kind == "flipped":
         i = draw(st.integers(0, len(data) - 1))
-        return data[:i] + bytes([data[i] ^ 0xFF]) + data[i + 1:]
+        return data[:i] + bytes([data[i] ^ 0xFF]) + data[i + 1 :]
     return data
 
 
 @st.composite
 def tensors(draw: st.DrawFn) -> pb.Tensor:
     dtype = draw(st.sampled_from(["uint8", "float32", "float64", "int8", "", "uint8\x00"]))
-    shape = draw(st.lists(st.integers(-5, 2**40), max_size=5) | st.lists(st.integers(1, 24), min_size=2, max_size=3))
+    shape = draw(
+        st.lists(st.integers(-5, 2**40), max_size=5)
+        | st.lists(st.integers(1, 24), min_size=2, max_size=3)
+    )
     n = 1
     for d in shape:
         n *= max(d, 0)
@@ -118,9 +155,28 @@ def test_predict_with_any_tensor(stub: pb_grpc.ExplainServiceStub, tensor: pb.Te
 def _value_for(field, draw: st.DrawFn):  # type: ignore[no-untyped-def]
     t = field.type
     if t == field.TYPE_STRING:
-        return draw(st.sampled_from(["", "slic", "quickshift", "felzenszwalb", "black", "mean", "uniform",
-                                     "difference", "weight_of_evidence", "epsilon_plus_flat", "lrp_z",
-                                     "saliency", "l2", "bogus", "../x"]) | st.text(max_size=8))
+        return draw(
+            st.sampled_from(
+                [
+                    "",
+                    "slic",
+                    "quickshift",
+                    "felzenszwalb",
+                    "black",
+                    "mean",
+                    "uniform",
+                    "difference",
+                    "weight_of_evidence",
+                    "epsilon_plus_flat",
+                    "lrp_z",
+                    "saliency",
+                    "l2",
+                    "bogus",
+                    "../x",
+                ]
+            )
+            | st.text(max_size=8)
+        )
     if t in (field.TYPE_UINT32, field.TYPE_UINT64):
         return draw(st.integers(0, 2**31 - 1) | st.integers(0, 40))
     if t in (field.TYPE_DOUBLE, field.TYPE_FLOAT):
@@ -148,7 +204,9 @@ def method_params(draw: st.DrawFn) -> pb.MethodParams:
                     setattr(inner, f.name, value)
             inner.SetInParent()
         elif sub.is_repeated and sub.type == sub.TYPE_STRING:
-            getattr(message, sub.name).extend(draw(st.lists(st.sampled_from(["black", "white", "mean", "x"]), max_size=4)))
+            getattr(message, sub.name).extend(
+                draw(st.lists(st.sampled_from(["black", "white", "mean", "x"]), max_size=4))
+            )
         elif not sub.is_repeated:
             value = _value_for(sub, draw)
             if value is not None:
@@ -156,13 +214,27 @@ def method_params(draw: st.DrawFn) -> pb.MethodParams:
     return params
 
 
-@given(params=method_params(), target=st.integers(0, 3), contrast=st.booleans(), seed=st.integers(0, 1000))
+@given(
+    params=method_params(),
+    target=st.integers(0, 3),
+    contrast=st.booleans(),
+    seed=st.integers(0, 1000),
+)
 @FUZZ
-def test_explain_with_any_parameters(stub: pb_grpc.ExplainServiceStub, params: pb.MethodParams, target: int,
-                                     contrast: bool, seed: int) -> None:
+def test_explain_with_any_parameters(
+    stub: pb_grpc.ExplainServiceStub,
+    params: pb.MethodParams,
+    target: int,
+    contrast: bool,
+    seed: int,
+) -> None:
     arr = np.random.default_rng(seed).integers(0, 256, (SIZE, SIZE, 3), dtype=np.uint8)
-    request = pb.ExplainRequest(model="m", image=pb.Image(tensor=pb.Tensor(
-        dtype="uint8", shape=[SIZE, SIZE, 3], data=arr.tobytes())), target=pb.ClassRef(index=target), method=params)
+    request = pb.ExplainRequest(
+        model="m",
+        image=pb.Image(tensor=pb.Tensor(dtype="uint8", shape=[SIZE, SIZE, 3], data=arr.tobytes())),
+        target=pb.ClassRef(index=target),
+        method=params,
+    )
     if contrast:
         request.contrast.CopyFrom(pb.ClassRef(index=1 - target % 2))
     check(stub.Explain, request)
@@ -170,7 +242,9 @@ def test_explain_with_any_parameters(stub: pb_grpc.ExplainServiceStub, params: p
 
 def test_server_alive_after_fuzzing(stub: pb_grpc.ExplainServiceStub) -> None:
     arr = np.zeros((SIZE, SIZE, 3), np.uint8)
-    r = stub.Predict(pb.PredictRequest(model="m", image=pb.Image(encoded=encoded(arr, "RGB", "PNG"))), timeout=10)
+    r = stub.Predict(
+        pb.PredictRequest(model="m", image=pb.Image(encoded=encoded(arr, "RGB", "PNG"))), timeout=10
+    )
     assert r.classes
 
 
@@ -178,7 +252,11 @@ def test_huge_declared_png_refused_fast(stub: pb_grpc.ExplainServiceStub) -> Non
     from tests.unit.test_decode import png_header_only
 
     with pytest.raises(grpc.RpcError) as info:
-        stub.Predict(pb.PredictRequest(model="m", image=pb.Image(encoded=png_header_only(30000, 30000))), timeout=10)
-    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "max_image_pixels" in info.value.details()
-
-
+        stub.Predict(
+            pb.PredictRequest(model="m", image=pb.Image(encoded=png_header_only(30000, 30000))),
+            timeout=10,
+        )
+    assert (
+        info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        and "max_image_pixels" in info.value.details()
+    )

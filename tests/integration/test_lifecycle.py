@@ -62,14 +62,30 @@ def health_status(stub: health_pb2_grpc.HealthStub) -> int | None:
 def server_process(tmp_path: Path):  # type: ignore[no-untyped-def]
     mask = np.zeros((32, 32), bool)
     mask[2:12, 2:12] = True
-    write_model_folder(region_logit_model(32, 32, [mask, ~mask], gain=0.05), tmp_path / "repo",
-                       height=32, width=32, name="region")
+    write_model_folder(
+        region_logit_model(32, 32, [mask, ~mask], gain=0.05),
+        tmp_path / "repo",
+        height=32,
+        width=32,
+        name="region",
+    )
     port, metrics_port = free_port(), free_port()
-    env = {**os.environ, "XAISERVE_MODELS_DIR": str(tmp_path / "repo"), "XAISERVE_PORT": str(port),
-           "XAISERVE_HOST": "127.0.0.1", "XAISERVE_METRICS_PORT": str(metrics_port),
-           "XAISERVE_DRAIN_SECONDS": "60", "XAISERVE_LOG_FORMAT": "text"}
-    proc = subprocess.Popen([sys.executable, "-c", SERVE], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+    env = {
+        **os.environ,
+        "XAISERVE_MODELS_DIR": str(tmp_path / "repo"),
+        "XAISERVE_PORT": str(port),
+        "XAISERVE_HOST": "127.0.0.1",
+        "XAISERVE_METRICS_PORT": str(metrics_port),
+        "XAISERVE_DRAIN_SECONDS": "60",
+        "XAISERVE_LOG_FORMAT": "text",
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-c", SERVE],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     yield proc, port, metrics_port
     if proc.poll() is None:
         proc.kill()
@@ -85,9 +101,14 @@ def test_sigterm_drains_in_flight_work_and_exits_zero(server_process) -> None:  
 
     image = np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)
     request = pb.ExplainRequest(
-        model="region", image=pb.Image(tensor=pb.Tensor(dtype="uint8", shape=[32, 32, 3], data=image.tobytes())),
+        model="region",
+        image=pb.Image(tensor=pb.Tensor(dtype="uint8", shape=[32, 32, 3], data=image.tobytes())),
         target=pb.ClassRef(index=0),
-        method=pb.MethodParams(pixelwise_prediction_difference=pb.PixelwisePredictionDifferenceParams(stride=1, samples=20, seed=3)),
+        method=pb.MethodParams(
+            pixelwise_prediction_difference=pb.PixelwisePredictionDifferenceParams(
+                stride=1, samples=20, seed=3
+            )
+        ),
     )
     results: list[object] = [None] * 6
 
@@ -103,7 +124,9 @@ def test_sigterm_drains_in_flight_work_and_exits_zero(server_process) -> None:  
     wait_for(lambda: inflight(metrics_port) == 6, 60, "six requests in flight")
     assert all(r is None for r in results), "requests finished before the signal: make them slower"
     proc.send_signal(signal.SIGTERM)
-    wait_for(lambda: health_status(health) != health_pb2.HealthCheckResponse.SERVING, 5, "NOT_SERVING")
+    wait_for(
+        lambda: health_status(health) != health_pb2.HealthCheckResponse.SERVING, 5, "NOT_SERVING"
+    )
     with pytest.raises(grpc.RpcError) as refused:
         stub.Predict(pb.PredictRequest(model="region", image=request.image), timeout=5)
     assert refused.value.code() == grpc.StatusCode.UNAVAILABLE

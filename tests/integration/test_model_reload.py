@@ -7,7 +7,6 @@ import threading
 import time
 from pathlib import Path
 
-import grpc
 import numpy as np
 
 from tests.support import region_logit_model, write_model_folder
@@ -22,17 +21,23 @@ def wait_until(predicate, timeout: float = 20.0) -> None:  # type: ignore[no-unt
         time.sleep(0.05)
 
 
-def test_broken_replacement_keeps_serving_then_good_one_swaps(start_server, channel_to, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_broken_replacement_keeps_serving_then_good_one_swaps(
+    start_server, channel_to, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
     a = np.zeros((8, 8), bool)
     a[:4] = True
     root = tmp_path / "repo"
-    folder = write_model_folder(region_logit_model(8, 8, [a, ~a], gain=0.05), root, height=8, width=8, name="m")
+    folder = write_model_folder(
+        region_logit_model(8, 8, [a, ~a], gain=0.05), root, height=8, width=8, name="m"
+    )
     server, port = start_server(root, model_poll_seconds=0.1)
     stub = pb_grpc.ExplainServiceStub(channel_to(port))
     image = np.zeros((8, 8, 3), np.uint8)
     image[:4] = 255
-    request = pb.PredictRequest(model="m", image=pb.Image(
-        tensor=pb.Tensor(dtype="uint8", shape=[8, 8, 3], data=image.tobytes())))
+    request = pb.PredictRequest(
+        model="m",
+        image=pb.Image(tensor=pb.Tensor(dtype="uint8", shape=[8, 8, 3], data=image.tobytes())),
+    )
     before = stub.Predict(request, timeout=10)
     assert before.classes[0].index == 0
 
@@ -44,7 +49,7 @@ def test_broken_replacement_keeps_serving_then_good_one_swaps(start_server, chan
             try:
                 r = stub.Predict(request, timeout=10)
                 assert r.classes[0].probability > 0.5
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:
                 failures.append(exc)
 
     workers = [threading.Thread(target=load) for _ in range(3)]
@@ -52,10 +57,20 @@ def test_broken_replacement_keeps_serving_then_good_one_swaps(start_server, chan
         w.start()
     time.sleep(0.3)
     (folder / "model.onnx").write_bytes(b"truncated garbage")
-    wait_until(lambda: "reload failed" in stub.GetModel(pb.GetModelRequest(model="m"), timeout=5).versions[0].error)
+    wait_until(
+        lambda: (
+            "reload failed"
+            in stub.GetModel(pb.GetModelRequest(model="m"), timeout=5).versions[0].error
+        )
+    )
     info = stub.GetModel(pb.GetModelRequest(model="m"), timeout=5).versions[0]
     assert info.state == pb.ModelVersionInfo.READY
-    assert server.metrics.registry.get_sample_value("xaiserve_model_load_failures_total", {"model": "m"}) == 1
+    assert (
+        server.metrics.registry.get_sample_value(
+            "xaiserve_model_load_failures_total", {"model": "m"}
+        )
+        == 1
+    )
     same = stub.Predict(request, timeout=10)
     assert same.classes[0].probability == before.classes[0].probability
 

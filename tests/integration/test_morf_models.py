@@ -14,11 +14,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
+from tests.support import load_onnx_model, region_logit_model
 from xaiserve.evaluation.convex_hull import convex_hull, hull_sensitivity
 from xaiserve.evaluation.morf import MorfParams, aopc, morf_cost, region_perturbation
 from xaiserve.methods.base import BlackBoxModel
-
-from tests.support import load_onnx_model, region_logit_model
 
 SIZE = 36  # 4 × 4 windows of 9 × 9
 GAIN = 0.02

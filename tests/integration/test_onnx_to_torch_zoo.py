@@ -26,6 +26,7 @@ import pytest
 import torch
 import torchvision
 from torch import nn
+
 from xaiserve.runtime.onnx_to_torch import convert_onnx
 
 torch.set_num_threads(1)

@@ -24,8 +24,13 @@ def repo(tmp_path: Path) -> Path:
     a[2:12, 2:12] = True
     b = np.zeros((SIZE, SIZE), bool)
     b[18:30, 16:30] = True
-    write_model_folder(region_logit_model(SIZE, SIZE, [a, b], gain=0.05), tmp_path / "repo",
-                       height=SIZE, width=SIZE, name="m")
+    write_model_folder(
+        region_logit_model(SIZE, SIZE, [a, b], gain=0.05),
+        tmp_path / "repo",
+        height=SIZE,
+        width=SIZE,
+        name="m",
+    )
     return tmp_path / "repo"
 
 
@@ -35,8 +40,16 @@ def image_msg(seed: int) -> pb.Image:
 
 
 def slow_request(seed: int = 0, samples: int = 40) -> pb.ExplainRequest:
-    return pb.ExplainRequest(model="m", image=image_msg(seed), target=pb.ClassRef(index=0), method=pb.MethodParams(
-        pixelwise_prediction_difference=pb.PixelwisePredictionDifferenceParams(stride=1, samples=samples, seed=1)))
+    return pb.ExplainRequest(
+        model="m",
+        image=image_msg(seed),
+        target=pb.ClassRef(index=0),
+        method=pb.MethodParams(
+            pixelwise_prediction_difference=pb.PixelwisePredictionDifferenceParams(
+                stride=1, samples=samples, seed=1
+            )
+        ),
+    )
 
 
 DEADLINE_SAMPLES = 300
@@ -44,14 +57,22 @@ FULL_COST = (SIZE - 10 + 1) ** 2 * DEADLINE_SAMPLES
 
 
 def images_done(server) -> float:  # type: ignore[no-untyped-def]
-    return server.metrics.registry.get_sample_value(
-        "xaiserve_inference_images_total", {"model": "m", "version": "1"}) or 0.0
+    return (
+        server.metrics.registry.get_sample_value(
+            "xaiserve_inference_images_total", {"model": "m", "version": "1"}
+        )
+        or 0.0
+    )
 
 
-def test_concurrency_limit_refuses_exactly_the_overflow(start_server, channel_to, repo: Path) -> None:  # type: ignore[no-untyped-def]
+def test_concurrency_limit_refuses_exactly_the_overflow(
+    start_server, channel_to, repo: Path
+) -> None:  # type: ignore[no-untyped-def]
     server, port = start_server(repo, max_concurrent_requests=2)
     stub = pb_grpc.ExplainServiceStub(channel_to(port))
-    holders = [threading.Thread(target=lambda: stub.Explain(slow_request(), timeout=120)) for _ in range(2)]
+    holders = [
+        threading.Thread(target=lambda: stub.Explain(slow_request(), timeout=120)) for _ in range(2)
+    ]
     for t in holders:
         t.start()
     deadline = time.monotonic() + 30
@@ -70,7 +91,12 @@ def test_concurrency_limit_refuses_exactly_the_overflow(start_server, channel_to
     for t in holders:
         t.join(120)
     assert still_busy and refused == 5
-    assert server.metrics.registry.get_sample_value("xaiserve_rejected_requests_total", {"reason": "concurrency"}) == 5
+    assert (
+        server.metrics.registry.get_sample_value(
+            "xaiserve_rejected_requests_total", {"reason": "concurrency"}
+        )
+        == 5
+    )
     # load gone: served again at once
     assert stub.Predict(pb.PredictRequest(model="m", image=image_msg(9)), timeout=10).classes
 
@@ -86,25 +112,42 @@ def test_deadline_stops_work_at_the_next_batch(start_server, channel_to, repo: P
     time.sleep(1.0)
     after = images_done(server)
     max_batch = 32
-    assert after - at_deadline <= 2 * max_batch, (before, at_deadline, after)  # ≤ the pieces in flight
+    assert after - at_deadline <= 2 * max_batch, (
+        before,
+        at_deadline,
+        after,
+    )  # ≤ the pieces in flight
     assert after - before < FULL_COST / 2  # far from the full request
-    assert server.metrics.registry.get_sample_value("xaiserve_inflight_requests", {"rpc": "Explain"}) == 0
-    ok = stub.Predict(pb.PredictRequest(model="m", image=image_msg(1)), timeout=10)  # not delayed by the dead one
+    assert (
+        server.metrics.registry.get_sample_value("xaiserve_inflight_requests", {"rpc": "Explain"})
+        == 0
+    )
+    ok = stub.Predict(
+        pb.PredictRequest(model="m", image=image_msg(1)), timeout=10
+    )  # not delayed by the dead one
     assert ok.classes
 
 
-def test_concurrent_requests_get_the_same_maps_as_sequential(start_server, channel_to, repo: Path) -> None:  # type: ignore[no-untyped-def]
+def test_concurrent_requests_get_the_same_maps_as_sequential(
+    start_server, channel_to, repo: Path
+) -> None:  # type: ignore[no-untyped-def]
     _, port = start_server(repo)
     stub = pb_grpc.ExplainServiceStub(channel_to(port))
     requests = []
     for i in range(4):
         for params in (
-            pb.MethodParams(regional_prediction_difference=pb.RegionalPredictionDifferenceParams(seed=i)),
+            pb.MethodParams(
+                regional_prediction_difference=pb.RegionalPredictionDifferenceParams(seed=i)
+            ),
             pb.MethodParams(contextual_importance=pb.ContextualImportanceParams(seed=i)),
             pb.MethodParams(lrp=pb.LrpParams(composite="epsilon_plus" if i % 2 else "lrp_z")),
             pb.MethodParams(integrated_gradients=pb.IntegratedGradientsParams(steps=8)),
         ):
-            requests.append(pb.ExplainRequest(model="m", image=image_msg(i), target=pb.ClassRef(index=i % 2), method=params))
+            requests.append(
+                pb.ExplainRequest(
+                    model="m", image=image_msg(i), target=pb.ClassRef(index=i % 2), method=params
+                )
+            )
 
     def run(r: pb.ExplainRequest) -> np.ndarray:
         return np.frombuffer(stub.Explain(r, timeout=120).heatmap.data, "<f4")
@@ -113,4 +156,6 @@ def test_concurrent_requests_get_the_same_maps_as_sequential(start_server, chann
     with ThreadPoolExecutor(8) as pool:
         concurrent = list(pool.map(run, requests))
     for r, a, b in zip(requests, sequential, concurrent, strict=True):
-        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7, err_msg=r.method.WhichOneof("method"))
+        np.testing.assert_allclose(
+            a, b, rtol=1e-5, atol=1e-7, err_msg=r.method.WhichOneof("method")
+        )

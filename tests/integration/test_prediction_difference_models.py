@@ -19,13 +19,13 @@ import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
+
+from tests.support import load_onnx_model
 from xaiserve.demo import shapes
 from xaiserve.methods.base import BlackBoxModel, Target, get_method
 from xaiserve.methods.params import params_from_mapping
 from xaiserve.methods.pixelwise_prediction_difference import PixelwisePredictionDifferenceParams
 from xaiserve.methods.regional_prediction_difference import RegionalPredictionDifferenceParams
-
-from tests.support import load_onnx_model
 
 SIZE = 48
 OBJECT = np.zeros((SIZE, SIZE), dtype=bool)

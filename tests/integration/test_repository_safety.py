@@ -69,7 +69,9 @@ def test_sha256_pin(tmp_path: Path) -> None:
     repo = repository(root)
     entry = repo.load_version("pinned", "1")
     assert entry.model is None and "does not match the pin" in entry.error
-    (folder / "config.toml").write_text(f'sha256 = "{file_sha256(folder / "model.onnx")}"\n' + config)
+    (folder / "config.toml").write_text(
+        f'sha256 = "{file_sha256(folder / "model.onnx")}"\n' + config
+    )
     assert repo.load_version("pinned", "1").model is not None
     repo.close()
 
@@ -108,8 +110,16 @@ def test_cancelled_clients_leave_nothing_behind(start_server, channel_to, tmp_pa
     server, port = start_server(root)
     stub = pb_grpc.ExplainServiceStub(channel_to(port))
     image = pb.Image(tensor=pb.Tensor(dtype="uint8", shape=[32, 32, 3], data=bytes(32 * 32 * 3)))
-    request = pb.ExplainRequest(model="m", image=image, target=pb.ClassRef(index=0), method=pb.MethodParams(
-        pixelwise_prediction_difference=pb.PixelwisePredictionDifferenceParams(stride=1, samples=40)))
+    request = pb.ExplainRequest(
+        model="m",
+        image=image,
+        target=pb.ClassRef(index=0),
+        method=pb.MethodParams(
+            pixelwise_prediction_difference=pb.PixelwisePredictionDifferenceParams(
+                stride=1, samples=40
+            )
+        ),
+    )
     futures = [stub.Explain.future(request, timeout=120) for _ in range(10)]
     reg = server.metrics.registry
     deadline = time.monotonic() + 30

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import pytest
 from PIL import Image as PILImage
+
 from xaiserve_client import (
     AsyncExplainClient,
     DeadlineExceeded,

@@ -13,10 +13,10 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from PIL import Image
 from prometheus_client import generate_latest
-from xaiserve.v1 import explain_pb2 as pb
-from xaiserve.v1 import explain_pb2_grpc as pb_grpc
 
 from tests.support import region_logit_model, write_model_folder
+from xaiserve.v1 import explain_pb2 as pb
+from xaiserve.v1 import explain_pb2_grpc as pb_grpc
 
 TRAVERSAL = [
     "../etc",
@@ -371,9 +371,25 @@ def _series(text: str) -> set[str]:
 def test_forward_passes_count_white_box_work(stub) -> None:  # type: ignore[no-untyped-def]
     s, _, _ = stub
     image = pb.Image(encoded=png(np.zeros((16, 16, 3))))
-    ig = s.Explain(pb.ExplainRequest(model="regions", version="1", image=image, target=pb.ClassRef(index=0),
-                   method=pb.MethodParams(integrated_gradients=pb.IntegratedGradientsParams(steps=16))), timeout=60)
+    ig = s.Explain(
+        pb.ExplainRequest(
+            model="regions",
+            version="1",
+            image=image,
+            target=pb.ClassRef(index=0),
+            method=pb.MethodParams(integrated_gradients=pb.IntegratedGradientsParams(steps=16)),
+        ),
+        timeout=60,
+    )
     assert ig.forward_passes >= 16  # 16 interpolation points through the torch module
-    sal = s.Explain(pb.ExplainRequest(model="regions", version="1", image=image, target=pb.ClassRef(index=0),
-                    method=pb.MethodParams(saliency=pb.SaliencyParams())), timeout=60)
+    sal = s.Explain(
+        pb.ExplainRequest(
+            model="regions",
+            version="1",
+            image=image,
+            target=pb.ClassRef(index=0),
+            method=pb.MethodParams(saliency=pb.SaliencyParams()),
+        ),
+        timeout=60,
+    )
     assert 1 <= sal.forward_passes < ig.forward_passes

@@ -27,6 +27,10 @@ import pytest
 import torch
 import torchvision
 from torch import nn
+from zennit.composites import EpsilonAlpha2Beta1Flat, EpsilonPlusFlat
+from zennit.torchvision import ResNetCanonizer
+
+from tests.support import load_onnx_model
 from xaiserve.demo import shapes
 from xaiserve.evaluation.localisation import (
     inside_total_relevance_ratio,
@@ -37,10 +41,6 @@ from xaiserve.methods.gradients import IntegratedGradientsParams, SaliencyParams
 from xaiserve.methods.lrp import LrpParams, lrp_attribute
 from xaiserve.runtime.onnx_to_torch import convert_onnx
 from xaiserve.runtime.torch_backend import TorchModelPool, leftover_hooks
-from zennit.composites import EpsilonAlpha2Beta1Flat, EpsilonPlusFlat
-from zennit.torchvision import ResNetCanonizer
-
-from tests.support import load_onnx_model
 
 torch.set_num_threads(1)
 

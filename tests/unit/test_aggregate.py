@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from xaiserve.errors import InvalidInput
 from xaiserve.evaluation.aggregate import DatasetAggregate, ImageEvaluation
 from xaiserve.evaluation.complexity import ComplexityResult

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from xaiserve.errors import DeadlineExceeded, Overloaded
 from xaiserve.observability import Metrics
 from xaiserve.runtime.batcher import DynamicBatcher, ImageBudget, InferenceFailed

@@ -10,6 +10,7 @@ import grpc
 import numpy as np
 import pytest
 from PIL import Image as PILImage
+
 from xaiserve.v1 import explain_pb2 as pb
 from xaiserve_client import errors
 from xaiserve_client.cli import parse_class, parse_params

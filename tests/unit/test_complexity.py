@@ -9,6 +9,7 @@ from io import BytesIO
 import numpy as np
 import pytest
 from PIL import Image
+
 from xaiserve.errors import InvalidInput
 from xaiserve.evaluation.complexity import complexity, entropy, png_bytes, to_uint8
 

@@ -71,16 +71,16 @@ def test_model_config_parses_every_field(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("mutation", "field"),
     [
-        (("layout = \"NHWC\"", "layout = \"CHW\""), "input.layout"),
+        (('layout = "NHWC"', 'layout = "CHW"'), "input.layout"),
         (("height = 32", "height = 0"), "input.height"),
         (("height = 32", ""), "input.height is required"),
         (("std = [0.5, 0.5, 0.5]", "std = [0.5, 0.0, 0.5]"), "input.std"),
         (("mean = [0.1, 0.2, 0.3]", "mean = [0.1, 0.2]"), "input.mean"),
-        (("labels = [\"a\", \"b\"]", "labels = []"), "output.labels"),
-        (("labels = [\"a\", \"b\"]", "labels = [\"a\", \"a\"]"), "output.labels"),
-        (("kind = \"probabilities\"", "kind = \"scores\""), "output.kind"),
+        (('labels = ["a", "b"]', "labels = []"), "output.labels"),
+        (('labels = ["a", "b"]', 'labels = ["a", "a"]'), "output.labels"),
+        (('kind = "probabilities"', 'kind = "scores"'), "output.kind"),
         (("max_batch_size = 8", "max_batch_size = -2"), "batching.max_batch_size"),
-        (("description = \"x\"", "descripton = \"x\""), "descripton is not a known field"),
+        (('description = "x"', 'descripton = "x"'), "descripton is not a known field"),
         (("value_range = [-1.0, 1.0]", "value_range = [1.0, -1.0]"), "input.value_range"),
     ],
 )

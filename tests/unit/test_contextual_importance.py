@@ -15,6 +15,8 @@ from typing import Any, Literal
 
 import numpy as np
 import pytest
+
+from tests.support import load_onnx_model, region_logit_model
 from xaiserve.errors import InvalidInput
 from xaiserve.imaging.segmentation import SegmentationParams, superpixels
 from xaiserve.methods.base import BlackBoxModel, Explanation, OutputSpace, Target, get_method
@@ -27,8 +29,6 @@ from xaiserve.methods.contextual_importance import (
 )
 from xaiserve.methods.params import params_from_mapping, params_to_dict
 from xaiserve.models import Model
-
-from tests.support import load_onnx_model, region_logit_model
 
 # Quadrants of a 4×4 image: Q0 top-left, Q1 top-right, Q2 bottom-left, Q3 bottom-right.
 SEGMENTS = np.array([[0, 0, 1, 1], [0, 0, 1, 1], [2, 2, 3, 3], [2, 2, 3, 3]], dtype=np.int32)

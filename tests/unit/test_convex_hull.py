@@ -7,6 +7,7 @@ from typing import Literal
 
 import numpy as np
 import pytest
+
 from xaiserve.errors import InvalidInput
 from xaiserve.evaluation.convex_hull import (
     convex_hull,

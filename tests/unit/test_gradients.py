@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 from torch import nn
+
 from xaiserve.errors import InvalidInput
 from xaiserve.methods.base import Target, get_method
 from xaiserve.methods.gradients import (

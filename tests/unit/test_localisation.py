@@ -6,6 +6,7 @@ import math
 
 import numpy as np
 import pytest
+
 from xaiserve.errors import InvalidInput
 from xaiserve.evaluation.localisation import (
     DEFAULT_THRESHOLDS,

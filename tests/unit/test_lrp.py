@@ -18,17 +18,18 @@ import pytest
 import torch
 import torchvision
 from torch import nn
+from zennit.composites import EpsilonAlpha2Beta1Flat, EpsilonPlusFlat, SpecialFirstLayerMapComposite
+from zennit.layer import Sum
+from zennit.rules import Epsilon, Norm, Pass, ZBox, ZPlus
+from zennit.torchvision import ResNetCanonizer
+from zennit.types import Activation, AvgPool, Convolution
+
 from xaiserve.errors import InvalidInput
 from xaiserve.methods.base import Target, get_method
 from xaiserve.methods.lrp import LrpParams, LrpRuleOverride, lrp_attribute
 from xaiserve.methods.lrp_composites import COMPOSITES, RuleOverride, layer_order, resolve_rules
 from xaiserve.methods.params import params_from_mapping
 from xaiserve.runtime.torch_backend import TorchLease, TorchModelPool, leftover_hooks
-from zennit.composites import EpsilonAlpha2Beta1Flat, EpsilonPlusFlat, SpecialFirstLayerMapComposite
-from zennit.layer import Sum
-from zennit.rules import Epsilon, Norm, Pass, ZBox, ZPlus
-from zennit.torchvision import ResNetCanonizer
-from zennit.types import Activation, AvgPool, Convolution
 
 torch.set_num_threads(1)
 

@@ -8,6 +8,7 @@ from typing import Literal
 
 import numpy as np
 import pytest
+
 from xaiserve.errors import InvalidInput
 from xaiserve.evaluation import morf
 from xaiserve.evaluation.morf import (

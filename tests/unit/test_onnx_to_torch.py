@@ -18,6 +18,7 @@ import zennit.composites
 import zennit.layer
 from onnx import TensorProto, helper, numpy_helper
 from torch import nn
+
 from xaiserve.errors import Unimplemented
 from xaiserve.runtime.onnx_to_torch import UnsupportedOperator, batchnorm_pairs, convert_onnx
 

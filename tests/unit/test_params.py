@@ -23,7 +23,9 @@ class Example:
 
 
 def test_defaults_and_overrides() -> None:
-    p = params_from_mapping(Example, {"steps": 7, "noise": 1, "segmentation": {"algorithm": "quickshift"}})
+    p = params_from_mapping(
+        Example, {"steps": 7, "noise": 1, "segmentation": {"algorithm": "quickshift"}}
+    )
     assert p.steps == 7 and p.noise == 1.0 and isinstance(p.noise, float)
     assert p.segmentation.algorithm == "quickshift" and p.segmentation.n_segments == 50
     assert params_to_dict(p)["segmentation"]["algorithm"] == "quickshift"

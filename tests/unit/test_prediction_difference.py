@@ -14,6 +14,7 @@ from typing import Literal
 
 import numpy as np
 import pytest
+
 from xaiserve.errors import InvalidInput
 from xaiserve.imaging.exact_regions import boundary_prior, exact_superpixels
 from xaiserve.methods.base import Explanation, Target, get_method

@@ -9,7 +9,9 @@ from xaiserve.models.config import InputConfig
 
 
 def test_network_input_formula_nchw_rgb() -> None:
-    cfg = InputConfig(height=2, width=2, value_range=(0.0, 1.0), mean=(0.5, 0.4, 0.3), std=(0.2, 0.2, 0.1))
+    cfg = InputConfig(
+        height=2, width=2, value_range=(0.0, 1.0), mean=(0.5, 0.4, 0.3), std=(0.2, 0.2, 0.1)
+    )
     img = np.zeros((1, 2, 2, 3), np.float32)
     img[0, 0, 1] = (255.0, 51.0, 0.0)
     x = to_network_input(img, cfg)
@@ -20,7 +22,9 @@ def test_network_input_formula_nchw_rgb() -> None:
 
 
 def test_network_input_bgr_nhwc_and_value_range() -> None:
-    cfg = InputConfig(height=1, width=1, layout="NHWC", channel_order="BGR", value_range=(-1.0, 1.0))
+    cfg = InputConfig(
+        height=1, width=1, layout="NHWC", channel_order="BGR", value_range=(-1.0, 1.0)
+    )
     img = np.array([[[[255.0, 0.0, 127.5]]]], np.float32)
     x = to_network_input(img, cfg)
     assert x.shape == (1, 1, 1, 3)

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 from torch import nn
+
 from xaiserve.errors import InvalidInput, Overloaded
 from xaiserve.methods.base import TorchBackend
 from xaiserve.runtime.torch_backend import Preprocessing, TorchModelPool, leftover_hooks

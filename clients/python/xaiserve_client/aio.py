@@ -19,9 +19,9 @@ from typing import Any, TypeVar
 import grpc
 import grpc.aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+
 from xaiserve.v1 import explain_pb2 as pb
 from xaiserve.v1 import explain_pb2_grpc as pb_grpc
-
 from xaiserve_client.client import (
     DEFAULT,
     DEFAULT_METHOD,

@@ -25,9 +25,9 @@ from google.protobuf import json_format
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+
 from xaiserve.v1 import explain_pb2 as pb
 from xaiserve.v1 import explain_pb2_grpc as pb_grpc
-
 from xaiserve_client.errors import (
     InvalidArgument,
     NotFound,

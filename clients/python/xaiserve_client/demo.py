@@ -95,7 +95,6 @@ def _tail(path: Path, lines: int = 30) -> str:
 def _python_path() -> str:
     """PYTHONPATH for the server process: ours plus the folders of both packages."""
     import xaiserve
-
     import xaiserve_client
 
     parts = [

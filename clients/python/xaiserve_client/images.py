@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 from PIL import Image as PILImage
+
 from xaiserve.v1 import explain_pb2 as pb
 
 ImageInput = (

@@ -15,8 +15,8 @@ from typing import Any
 import numpy as np
 from google.protobuf import struct_pb2
 from numpy.typing import NDArray
-from xaiserve.v1 import explain_pb2 as pb
 
+from xaiserve.v1 import explain_pb2 as pb
 from xaiserve_client.images import ImageInput, save_overlay, tensor_to_array
 
 FloatArray = NDArray[np.float64]

@@ -85,7 +85,7 @@ class XaiServer:
             while not self._stopped.wait(every):
                 try:
                     self.repository.scan()
-                except Exception:  # noqa: BLE001 - the watcher must survive a bad scan
+                except Exception:
                     log.exception("repository scan failed")
 
         threading.Thread(target=loop, name="model-watcher", daemon=True).start()

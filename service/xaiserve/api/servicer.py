@@ -253,9 +253,9 @@ class ExplainServicer(pb_grpc.ExplainServiceServicer):
     def FitGad(
         self, requests: Iterator[pb.FitGadRequest], context: grpc.ServicerContext
     ) -> pb.Operation:
-        raise Unimplemented(
-            "FitGad (GAD support-set fitting) is not implemented by this server yet"
-        )
+        from xaiserve.api.gad_api import start_gad_fit
+
+        return start_gad_fit(self, requests)
 
     def GetOperation(
         self, request: pb.OperationRequest, context: grpc.ServicerContext

@@ -28,9 +28,11 @@ def fit_to_input(image: np.ndarray, cfg: InputConfig) -> np.ndarray:
 
 def _resize(image: np.ndarray, height: int, width: int) -> np.ndarray:
     channels = [
-        np.asarray(Image.fromarray(image[:, :, c].astype(np.float32), mode="F").resize(
-            (width, height), Image.Resampling.BILINEAR
-        ))
+        np.asarray(
+            Image.fromarray(image[:, :, c].astype(np.float32), mode="F").resize(
+                (width, height), Image.Resampling.BILINEAR
+            )
+        )
         for c in range(image.shape[2])
     ]
     return np.clip(np.stack(channels, axis=2), 0.0, 255.0).astype(np.float32)

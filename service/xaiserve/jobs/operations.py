@@ -10,8 +10,8 @@ that was running when the server stopped is reported FAILED ("interrupted").
 from __future__ import annotations
 
 import json
-import math
 import logging
+import math
 import os
 import threading
 import time

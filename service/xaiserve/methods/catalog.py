@@ -2,6 +2,7 @@
 
 from xaiserve.methods import (  # noqa: F401 - imported for their @register_method side effect
     contextual_importance,
+    gad,
     gradients,
     lrp,
     pixelwise_prediction_difference,

@@ -126,7 +126,9 @@ class ModelRepository:
                 if not version_dir.is_dir() or version_dir.name.startswith("."):
                     continue
                 with self._lock:
-                    known = self._models.get(model_dir.name, ModelEntry("")).versions.get(version_dir.name)
+                    known = self._models.get(model_dir.name, ModelEntry("")).versions.get(
+                        version_dir.name
+                    )
                 if known is None or known.stamp != _stamp(version_dir):
                     self.load_version(model_dir.name, version_dir.name)
                     touched.append(f"{model_dir.name}/{version_dir.name}")

@@ -84,7 +84,9 @@ def dataset_sha256(images: np.ndarray, labels: Sequence[int] | np.ndarray) -> st
     arr = np.asarray(images)
     lab = np.asarray(labels, dtype=np.int64).reshape(-1)
     if arr.ndim != 4 or len(arr) != len(lab):
-        raise InvalidInput(f"expected (N, H, W, 3) images and N labels, got {arr.shape}, {lab.shape}")
+        raise InvalidInput(
+            f"expected (N, H, W, 3) images and N labels, got {arr.shape}, {lab.shape}"
+        )
     digest = hashlib.sha256()
     for image, label in zip(arr, lab, strict=True):
         digest.update(np.asarray(image.shape, dtype="<i8").tobytes())
@@ -366,9 +368,10 @@ def support_module_factory(
     """Build the support model of ``α``: a fresh module from the model's module factory, made
     linear-output (:func:`logit_module`), with the saved state dict loaded (strict)."""
     build = model._module_factory()
+    kind = model.output_kind  # the closure must not keep the Model alive (gad's cache)
 
     def make() -> nn.Module:
-        module = logit_module(build(), model.output_kind)
+        module = logit_module(build(), kind)
         module.load_state_dict(store.load_state(record, alpha), strict=True)
         return module.eval()
 

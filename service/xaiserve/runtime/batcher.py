@@ -184,9 +184,7 @@ class DynamicBatcher:
                 return None
             oldest = self._queue[0].enqueued
             while (
-                self._pending < self.max_batch_size
-                and not self._closed
-                and self._others_may_join()
+                self._pending < self.max_batch_size and not self._closed and self._others_may_join()
             ):
                 remaining = oldest + self.max_queue_delay_s - time.monotonic()
                 if remaining <= 0:

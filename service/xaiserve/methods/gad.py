@@ -1,0 +1,326 @@
+"""``gad``: gradient artificial distancing (Mazini Rodrigues et al.), Sections 4.3 and 5.
+
+GAD filters a gradient-based attribution map with a *support set*: the support regression
+networks fitted by ``FitGad`` (:mod:`xaiserve.jobs.gad_fitting`, Sections 4.1–4.2), one per
+distance α. The base method runs on the original model and on every support model; "the final
+attribution map includes only features present in all [...] attribution maps, the initial one
+(classification model analyzed), and the [...] support regression models" (Fig. 3).
+
+Feature importance. A pixel's importance in a map is the magnitude of its attribution,
+``|h_p|``: the channel-pooled ℓ2 norm for saliency and deconvolution (already ≥ 0), the absolute
+channel sum for gradient × input, guided backpropagation and integrated gradients (as the
+paper's white-to-black importance maps, Fig. 2). "Present" means among the ``keep_fraction``
+most important pixels of that map (:func:`xaiserve.evaluation.convex_hull.important_pixels`;
+the paper keeps 50 %, Section 6). The GAD heatmap is the original map's importance on the
+pixels kept by every map and 0 elsewhere (unsigned).
+
+Evaluation (Section 5), for the target class ``a`` (``values``):
+
+* ``rc``: Eq. 1, ``A(CH_GAD) / A(CH_Orig)``, ``CH_GAD`` the convex hull of the kept pixels,
+  ``CH_Orig`` the convex hull of the original map's ``keep_fraction`` most important pixels.
+  ``rc < 1``: GAD's region is smaller (Table 1). ``rc_original`` is ``A(CH_Orig)`` over the
+  image area and ``hull_area`` is ``A(CH_GAD)`` over the image area. Every kept pixel is among
+  the original map's most important ones, so ``CH_GAD ⊆ CH_Orig`` and ``rc ≤ 1`` always;
+  ``rc = 1`` when the support maps remove none of the hull's extreme pixels.
+* ``rs``, ``rs_original``, ``rs_supplementary``: Eq. 2, ``|N_a(I) − N_a(I × (1 − M))| / ΣM``
+  for ``M = M_GAD``, ``M_Orig`` and the supplementary mask ``M_Orig − M_GAD`` (Table 2); ``N_a``
+  is the original network's pre-softmax output (Section 4.1; for a probability model, its
+  linear-output copy). A value is left out when its mask is empty.
+
+Support models are loaded once per (model version, support set) and kept while the ``Model``
+object lives; each is a :class:`~xaiserve.runtime.torch_backend.TorchModelPool`, so a base
+method's hooks sit on a copy leased to one request only and are checked on release.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import weakref
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+import torch
+
+from xaiserve.errors import FailedPrecondition, InvalidInput
+from xaiserve.evaluation.convex_hull import convex_hull_mask, hull_sensitivity, important_pixels
+from xaiserve.jobs.gad_fitting import DEFAULT_ALPHAS
+from xaiserve.methods.base import (
+    Explanation,
+    ImageBatch,
+    OutputSpace,
+    Target,
+    TorchBackend,
+    WhiteBoxModel,
+    get_method,
+    register_method,
+)
+from xaiserve.methods.gradients import (
+    DeconvolutionParams,
+    GradientTimesInputParams,
+    GuidedBackpropParams,
+    IntegratedGradientsParams,
+    SaliencyParams,
+)
+from xaiserve.models.model import Model, softmax
+from xaiserve.models.repository import validate_name
+from xaiserve.models.support_sets import (
+    SupportSetRecord,
+    SupportSetStore,
+    logit_module,
+    model_preprocessing,
+    support_module_factory,
+)
+from xaiserve.runtime.torch_backend import TorchModelPool
+
+GadBaseMethod = Literal[
+    "saliency", "deconvolution", "gradient_times_input", "guided_backprop", "integrated_gradients"
+]
+_BASE_COST = {
+    "saliency": 2,
+    "deconvolution": 2,
+    "gradient_times_input": 2,
+    "guided_backprop": 2,
+}
+_RS_PASSES = 6  # three occlusions (M_GAD, M_Orig, M_Orig − M_GAD), two images each
+
+
+@dataclass
+class GadParams:
+    """``GadParams``: the support set (an id returned by ``FitGad``), the gradient-based base
+    method (Section 2), the fraction of most important pixels kept per map (Section 6: 0.5) and
+    the integration steps when the base is integrated gradients."""
+
+    support_set: str = ""
+    base_method: GadBaseMethod = "saliency"
+    keep_fraction: float = 0.5
+    steps: int = 50
+
+    def __post_init__(self) -> None:
+        if not self.support_set:
+            raise InvalidInput("gad.support_set is required: the id returned by FitGad")
+        validate_name(self.support_set, "gad.support_set")
+        if not 0.0 < self.keep_fraction <= 1.0:
+            raise InvalidInput(f"gad.keep_fraction is {self.keep_fraction}; it must be in (0, 1]")
+        if self.steps < 1:
+            raise InvalidInput("gad.steps must be ≥ 1")
+
+
+def base_params(params: GadParams) -> Any:
+    """The base method's own parameters (its defaults; ``steps`` for integrated gradients)."""
+    if params.base_method == "saliency":
+        return SaliencyParams()
+    if params.base_method == "deconvolution":
+        return DeconvolutionParams()
+    if params.base_method == "gradient_times_input":
+        return GradientTimesInputParams()
+    if params.base_method == "guided_backprop":
+        return GuidedBackpropParams()
+    if params.base_method == "integrated_gradients":
+        return IntegratedGradientsParams(steps=params.steps)
+    raise InvalidInput(f"gad.base_method {params.base_method!r} is unknown")
+
+
+def _base_cost(params: GadParams) -> int:
+    return _BASE_COST.get(params.base_method, 2 * params.steps + 2)
+
+
+def _cost(params: GadParams, size: tuple[int, int]) -> int:
+    """Forward passes: the base method on the original and on the support models (assumed to
+    be the default schedule's four; the parameters do not say how many the set holds), plus
+    the occlusions of Eq. 2."""
+    return (1 + len(DEFAULT_ALPHAS)) * _base_cost(params) + _RS_PASSES
+
+
+# ---------------------------------------------------------------------------------------------
+# Section 4.3: the intersection of the important features
+
+
+def importance(attribution: np.ndarray) -> np.ndarray:
+    """A pixel's importance: the magnitude of its attribution, ``|h_p|`` (see module docs)."""
+    return np.abs(np.asarray(attribution, dtype=np.float32))
+
+
+def gad_filter(maps: Sequence[np.ndarray], keep_fraction: float) -> tuple[np.ndarray, np.ndarray]:
+    """Section 4.3 / Fig. 3: ``(heatmap, kept)`` where ``kept`` marks the pixels among the
+    ``keep_fraction`` most important of *every* map (``maps[0]`` is the original model's) and
+    ``heatmap`` is ``|maps[0]|`` on ``kept``, 0 elsewhere."""
+    if not maps:
+        raise InvalidInput("GAD needs at least the original model's map")
+    weights = [importance(m) for m in maps]
+    kept = np.ones(weights[0].shape, dtype=bool)
+    for w in weights:
+        if w.shape != kept.shape:
+            raise InvalidInput(f"maps have different shapes: {w.shape} and {kept.shape}")
+        kept &= important_pixels(w, keep_fraction)
+    return np.where(kept, weights[0], 0.0).astype(np.float32), kept
+
+
+# ---------------------------------------------------------------------------------------------
+# support models
+
+
+class SupportModel:
+    """A support regression network as a :class:`WhiteBoxModel` (a thin adapter, so the
+    gradient methods of :mod:`xaiserve.methods.gradients` run on it unchanged). It holds no
+    reference to the owning ``Model``, so the cache entry dies with it."""
+
+    def __init__(
+        self,
+        input_size: tuple[int, int],
+        num_classes: int,
+        pool: TorchModelPool,
+        alpha: float | None,
+    ) -> None:
+        self._input_size = input_size
+        self._num_classes = num_classes
+        self.pool = pool
+        self.alpha = alpha
+
+    @property
+    def input_size(self) -> tuple[int, int]:
+        return self._input_size
+
+    @property
+    def num_classes(self) -> int:
+        return self._num_classes
+
+    @property
+    def output_kind(self) -> Literal["logits", "probabilities"]:
+        return "logits"  # Section 4.2: a linear output replaces the softmax
+
+    def predict(
+        self, images: ImageBatch | Iterable[ImageBatch], output: OutputSpace = "probabilities"
+    ) -> np.ndarray:
+        chunks: Iterable[np.ndarray] = (images,) if isinstance(images, np.ndarray) else images
+        outs = []
+        with self.pool.lease() as lease, torch.no_grad():
+            for chunk in chunks:
+                outs.append(lease.module(lease.to_input(chunk)).cpu().numpy())
+        raw = np.concatenate(outs).astype(np.float32)
+        return softmax(raw) if output == "probabilities" else raw
+
+    def torch_backend(self) -> contextlib.AbstractContextManager[TorchBackend]:
+        return self.pool.lease()
+
+
+@dataclass
+class LoadedSupportSet:
+    """A support set ready to explain with: its record, the linear-output copy of the original
+    network for probability models (``None``: explain the model itself) and one model per α."""
+
+    record: SupportSetRecord
+    original: SupportModel | None
+    supports: list[SupportModel]
+
+
+_CACHE: weakref.WeakKeyDictionary[Model, dict[str, LoadedSupportSet]] = weakref.WeakKeyDictionary()
+_CACHE_LOCK = threading.Lock()
+
+
+def load_support_set(model: Model, set_id: str) -> LoadedSupportSet:
+    """The support set ``set_id`` of this model version, loaded once and cached while ``model``
+    lives (:class:`~xaiserve.errors.NotFound` naming it when it does not exist)."""
+    with _CACHE_LOCK:
+        cached = _CACHE.get(model, {}).get(set_id)
+    if cached is not None:
+        return cached
+    store = SupportSetStore(model.folder)
+    record = store.get(set_id)
+    if record.model_sha256 and record.model_sha256 != model.sha256:
+        raise FailedPrecondition(
+            f"support set {set_id!r} was fitted on another model file "
+            f"(sha256 {record.model_sha256[:12]}…, this version has {model.sha256[:12]}…)"
+        )
+    prep = model_preprocessing(model.config.input)
+    copies = max(1, int(getattr(model, "_torch_copies", 2)))
+
+    def pool(factory: Any) -> TorchModelPool:
+        return TorchModelPool(factory, prep, copies=copies)
+
+    size, n = model.input_size, model.num_classes
+    original = None
+    if model.output_kind == "probabilities":
+        build = model._module_factory()
+        original = SupportModel(size, n, pool(lambda: logit_module(build(), "probabilities")), None)
+    supports = [
+        SupportModel(size, n, pool(support_module_factory(model, store, record, a)), a)
+        for a in record.alphas
+    ]
+    loaded = LoadedSupportSet(record, original, supports)
+    with _CACHE_LOCK:
+        return _CACHE.setdefault(model, {}).setdefault(set_id, loaded)
+
+
+def forget_support_sets(model: Model) -> None:
+    """Drop the cached support sets of ``model`` (e.g. after deleting a set's folder)."""
+    with _CACHE_LOCK:
+        _CACHE.pop(model, None)
+
+
+# ---------------------------------------------------------------------------------------------
+# the method
+
+
+@register_method("gad", params=GadParams, backend="whitebox", cost=_cost, signed=False)
+def gad(model: WhiteBoxModel, image: np.ndarray, target: Target, params: GadParams) -> Explanation:
+    """GAD (Section 4.3) over ``params.base_method``, with RC/RS of Section 5 (see module docs).
+
+    ``maps``: ``original`` (the base method's map on the original model, as that method returns
+    it), ``kept`` (uint8 mask of the features important in every map), ``hull`` and
+    ``hull_original`` (uint8 convex-hull masks ``M_GAD`` and ``M_Orig``).
+    """
+    if not isinstance(model, Model):
+        raise FailedPrecondition("gad needs a model from the repository (support sets live there)")
+    loaded = load_support_set(model, params.support_set)
+    spec = get_method(params.base_method)
+    bp = base_params(params)
+    explained: WhiteBoxModel = model if loaded.original is None else loaded.original
+    original = spec.explain(explained, image, target, bp)
+    maps = [np.asarray(original.heatmap, np.float32)]
+    for support in loaded.supports:
+        maps.append(np.asarray(spec.explain(support, image, target, bp).heatmap, np.float32))
+    heatmap, kept = gad_filter(maps, params.keep_fraction)
+
+    hull_orig = convex_hull_mask(important_pixels(importance(maps[0]), params.keep_fraction))
+    hull_gad = convex_hull_mask(kept) if kept.any() else np.zeros_like(kept)
+    supplementary = hull_orig & ~hull_gad
+    size = float(kept.size)
+    values = {
+        "rc": float(hull_gad.sum() / hull_orig.sum()),
+        "rc_original": float(hull_orig.sum() / size),
+        "hull_area": float(hull_gad.sum() / size),
+        "kept_fraction": float(kept.sum() / size),
+        "support_models": float(len(loaded.supports)),
+        "rs_original": hull_sensitivity(explained, image, hull_orig, target.index),
+    }
+    if hull_gad.any():
+        values["rs"] = hull_sensitivity(explained, image, hull_gad, target.index)
+    if supplementary.any():
+        values["rs_supplementary"] = hull_sensitivity(explained, image, supplementary, target.index)
+    return Explanation(
+        heatmap=heatmap,
+        signed=False,
+        maps={
+            "original": maps[0],
+            "kept": kept.astype(np.uint8),
+            "hull": hull_gad.astype(np.uint8),
+            "hull_original": hull_orig.astype(np.uint8),
+        },
+        values=values,
+    )
+
+
+__all__ = [
+    "GadParams",
+    "LoadedSupportSet",
+    "SupportModel",
+    "base_params",
+    "forget_support_sets",
+    "gad",
+    "gad_filter",
+    "importance",
+    "load_support_set",
+]
