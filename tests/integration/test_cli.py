@@ -141,10 +141,16 @@ def test_evaluate_a_local_folder(
 
     folder = save_folder(heldout(3), tmp_path / "data")
     argv = ["evaluate", str(folder), "--method", cheap_method, "--steps", "3", "--repeats", "1",
-            "--server", cli_server, "--json"]  # fmt: skip
+            "--server", cli_server, "--json", "--out", str(tmp_path / "report")]  # fmt: skip
     assert main(argv) == 0
     operation = json.loads(capsys.readouterr().out)
     assert operation["state"] == "SUCCEEDED" and operation["done"] == 3
+    report = tmp_path / "report"
+    table = (report / "aggregate.csv").read_text().splitlines()
+    assert table[0].startswith("method,images") and any(r.startswith(f"{cheap_method},") for r in table)
+    assert (report / "aggregate.md").read_text().startswith("| method |")
+    with PILImage.open(report / "aopc_curves.png") as plot:
+        assert plot.size[0] > 300
     assert main(["operations", "--server", cli_server]) == 0
     assert operation["id"] in capsys.readouterr().out
 

@@ -299,6 +299,12 @@ def _add_client_commands(sub: Any, parent: argparse.ArgumentParser) -> None:
     p.add_argument("--repeats", type=int, help="random draws averaged (default 10)")
     p.add_argument("--window", type=int, help="region size m (default 9)")
     p.add_argument("--no-wait", action="store_true", help="print the operation id and return")
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=Path("evaluation-output"),
+        help="where the table (CSV/Markdown/JSON) and the AOPC plot (PNG) go",
+    )
     p.set_defaults(handler=cmd_evaluate)
 
     p = sub.add_parser(
@@ -673,6 +679,11 @@ def cmd_evaluate(args: argparse.Namespace, client: ExplainClient) -> int:
         )
     if not args.no_wait:
         operation = _follow(client, operation)
+        if operation.state == "SUCCEEDED" and operation.result:
+            from xaiserve_client.cli_compare import write_aggregate
+
+            write_aggregate(operation.result, args.out)
+            print(f"table and plot written to {args.out}", file=sys.stderr)
     if args.json:
         _print_json(operation, sys.stdout)
     else:

@@ -114,22 +114,28 @@ def _compare_folder(args: argparse.Namespace, client: ExplainClient, morf: dict[
     if operation.state != "SUCCEEDED":
         print(f"evaluation {operation.state}: {operation.error}", file=sys.stderr)
         return 1
-    result = operation.result
-    args.out.mkdir(parents=True, exist_ok=True)
+    lines = write_aggregate(operation.result, args.out)
+    print("\n".join(lines))
+    print(f"written: {args.out}/aggregate.csv, aggregate.md, aopc_curves.png, aggregate.json")
+    return 0
+
+
+def write_aggregate(result: dict[str, Any], out: Path) -> list[str]:
+    """The data-set evaluation's table (CSV, Markdown, JSON) and mean AOPC curves (PNG) in
+    ``out``; returns the Markdown lines."""
+    out.mkdir(parents=True, exist_ok=True)
     columns = list(result.get("columns", []))
     rows = list(result.get("rows", []))
-    with (args.out / "aggregate.csv").open("w", newline="", encoding="utf-8") as fh:
+    with (out / "aggregate.csv").open("w", newline="", encoding="utf-8") as fh:
         writer = csv.DictWriter(fh, fieldnames=columns, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(_cell(row.get(c)) for c in columns) + " |" for row in rows]
-    (args.out / "aggregate.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
-    mean_curves_figure(result.get("relative_aopc_curves", {})).savefig(args.out / "aopc_curves.png")
-    (args.out / "aggregate.json").write_text(json.dumps(result, indent=2), encoding="utf-8")
-    print("\n".join(lines))
-    print(f"written: {args.out}/aggregate.csv, aggregate.md, aopc_curves.png, aggregate.json")
-    return 0
+    (out / "aggregate.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    mean_curves_figure(result.get("relative_aopc_curves", {})).savefig(out / "aopc_curves.png")
+    (out / "aggregate.json").write_text(json.dumps(result, indent=2), encoding="utf-8")
+    return lines
 
 
 def _cell(value: Any) -> str:
