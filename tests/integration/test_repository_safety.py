@@ -135,3 +135,38 @@ def test_cancelled_clients_leave_nothing_behind(start_server, channel_to, tmp_pa
     assert server.admission.active == 0
     assert server.repository.budget.used == 0
     assert stub.Predict(pb.PredictRequest(model="m", image=image), timeout=10).classes
+
+
+class _Payload:
+    """Unpickling this would create the sentinel file (what a malicious checkpoint does)."""
+
+    def __init__(self, sentinel: str) -> None:
+        self.sentinel = sentinel
+
+    def __reduce__(self):  # type: ignore[no-untyped-def]
+        return (open, (self.sentinel, "w"))
+
+
+def test_weights_with_a_pickle_payload_are_refused(start_server, channel_to, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """An operator-registered module loads its weights with ``weights_only=True`` (check M4)."""
+    import torch
+
+    root = tmp_path / "repo"
+    folder = write_model_folder(good_model(), root, height=8, width=8, name="m")
+    sentinel = tmp_path / "pwned"
+    torch.save({"weight": _Payload(str(sentinel))}, folder / "weights.pt")
+    config = (folder / "config.toml").read_text()
+    (folder / "config.toml").write_text(
+        config + '[torch]\nentry_point = "torch.nn:Identity"\nweights = "weights.pt"\n'
+    )
+    _, port = start_server(root)
+    stub = pb_grpc.ExplainServiceStub(channel_to(port))
+    image = pb.Image(tensor=pb.Tensor(dtype="uint8", shape=[8, 8, 3], data=bytes(8 * 8 * 3)))
+    with pytest.raises(grpc.RpcError) as info:
+        stub.Explain(pb.ExplainRequest(model="m", image=image, method=pb.MethodParams(
+            saliency=pb.SaliencyParams())), timeout=30)
+    assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "could not be built" in info.value.details()
+    assert not sentinel.exists()
+    # the black-box path of the same model is unaffected
+    assert stub.Predict(pb.PredictRequest(model="m", image=image), timeout=10).classes

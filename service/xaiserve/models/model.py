@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
-from xaiserve.errors import Unimplemented
+from xaiserve.errors import FailedPrecondition, Unimplemented
 from xaiserve.imaging.preprocess import to_network_input
 from xaiserve.methods.base import ImageBatch, MethodSpec, OutputSpace, TorchBackend
 from xaiserve.models.config import ModelConfig
@@ -170,7 +170,7 @@ class Model:
 
                 cfg = self.config.input
                 self._torch_pool = TorchModelPool(
-                    self._module_factory(),
+                    self._guarded(self._module_factory()),
                     layout=cfg.layout,
                     channel_order=cfg.channel_order,
                     value_range=cfg.value_range,
@@ -179,6 +179,24 @@ class Model:
                     copies=self._torch_copies,
                 )
             return self._torch_pool
+
+    def _guarded(self, factory: Callable[[], torch.nn.Module]) -> Callable[[], torch.nn.Module]:
+        """Building the module can fail (unsupported operator, weights refused by
+        ``weights_only``): say so as a status, keep the details in the log."""
+
+        def build() -> torch.nn.Module:
+            try:
+                return factory()
+            except Unimplemented:
+                raise
+            except Exception as exc:
+                log.exception("torch module of %s/%s could not be built", self.name, self.version)
+                raise FailedPrecondition(
+                    f"the PyTorch module of model {self.name!r} version {self.version!r} could "
+                    f"not be built ({type(exc).__name__}); white-box methods are unavailable"
+                ) from exc
+
+        return build
 
     def _module_factory(self) -> Callable[[], torch.nn.Module]:
         torch_cfg = self.config.torch
