@@ -37,6 +37,7 @@ class Settings:
     reflection: bool = True
     worker_threads: int = 32  # gRPC handler threads
     max_concurrent_requests: int = 24  # admitted RPCs at once; more → RESOURCE_EXHAUSTED
+    max_rpcs: int = 0  # gRPC-level backstop incl. health checks; 0 = 2 × max_concurrent + 16
     max_queued_images: int = 4096  # images waiting in all batch queues; more → RESOURCE_EXHAUSTED
     max_forward_passes: int = 200_000  # per request (cost estimate before any work starts)
     max_message_bytes: int = 32 * 1024 * 1024
@@ -90,6 +91,8 @@ class Settings:
         ):
             if getattr(self, name) < 1:
                 raise ValueError(f"setting {name} must be at least 1")
+        if self.max_rpcs and self.max_rpcs < self.max_concurrent_requests:
+            raise ValueError("setting max_rpcs must be 0 (auto) or at least max_concurrent_requests")
         if not 0 <= self.port < 65536 or not 0 <= self.metrics_port < 65536:
             raise ValueError("ports must be within 0..65535")
         if self.log_format not in ("json", "text"):

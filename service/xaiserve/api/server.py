@@ -147,6 +147,10 @@ def create_server(
         futures.ThreadPoolExecutor(max_workers=settings.worker_threads, thread_name_prefix="rpc"),
         interceptors=interceptors,
         options=options,
+        # A backstop above our own exact admission: gRPC refuses the excess in its accept loop,
+        # so under heavy overload calls do not pile up in gRPC core's pending queue, where core
+        # sheds them with CANCELLED (its backlog protection) before our interceptor sees them.
+        maximum_concurrent_rpcs=settings.max_rpcs or 2 * settings.max_concurrent_requests + 16,
     )
     budget = ImageBudget(settings.max_queued_images)
     repository = ModelRepository(settings.models_dir, settings, metrics, budget)
