@@ -44,7 +44,7 @@ serve: $(STAMP)
 	$(VENV)/bin/xaiserve serve
 
 bench: $(STAMP)
-	for b in bench/*.py; do OMP_WAIT_POLICY=PASSIVE $(PY) $$b --quick || exit 1; done
+	for b in bench/[a-z]*.py; do echo "== $$b"; OMP_WAIT_POLICY=PASSIVE $(PY) $$b --quick || exit 1; done
 
 clean:
 	rm -rf demo-output .pytest_cache .mypy_cache .ruff_cache

@@ -247,7 +247,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--n-segments", type=int, default=50)
     parser.add_argument("--utility-fills", default="", help="comma-separated, e.g. white,blur")
+    parser.add_argument("--quick", action="store_true", help="demo model only")
     args = parser.parse_args(argv)
+    if args.quick:
+        args.models = "demo"
     fills = tuple(f for f in args.utility_fills.split(",") if f)
     params = ContextualImportanceParams(
         segmentation=SegmentationParams(n_segments=args.n_segments),

@@ -399,7 +399,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         action="store_true",
         help="demo model: also run stride 1 in full (30k passes)",
     )
+    parser.add_argument("--quick", action="store_true", help="demo model only, no Captum")
     args = parser.parse_args(argv)
+    if args.quick:
+        args.models, args.no_captum = "demo", True
     results: dict[str, tuple[str, dict[str, Any], dict[str, Any] | None]] = {}
     for name in args.models.split(","):
         if name == "demo":
