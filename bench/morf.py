@@ -36,6 +36,7 @@ import os
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import argparse
+import sys
 import tempfile
 import threading
 import time
@@ -133,6 +134,7 @@ def load_model(arch: str, workdir: Path) -> tuple[BlackBoxModel, str]:
     try:
         import onnx
 
+        sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root: tests/
         from tests.support import load_onnx_model
     except ImportError as exc:
         return OrtModel(path), f"onnxruntime directly (facade unavailable: {exc})"
