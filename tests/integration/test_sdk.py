@@ -53,26 +53,9 @@ LIGHT_PARAMS: dict[str, dict[str, Any]] = {
 
 
 @pytest.fixture(scope="session")
-def sdk_server() -> Iterator[str]:
-    """A real server on 127.0.0.1 serving the bundled models; yields its ``host:port``."""
-    if not (ROOT / "models" / MODEL / "1" / "model.onnx").is_file():
-        pytest.skip("the bundled demo model models/shapes/1 is not there yet")
-    from xaiserve.api.server import create_server
-    from xaiserve.config import Settings
-
-    settings = Settings.from_env(
-        {},
-        host="127.0.0.1",
-        port=0,
-        metrics_port=0,
-        models_dir=str(ROOT / "models"),
-        log_format="text",
-        log_level="WARNING",
-        drain_seconds=1.0,
-    )
-    server, port = create_server(settings)
-    yield f"127.0.0.1:{port}"
-    server.stop(grace=1.0)
+def sdk_server(demo_server: tuple[object, int]) -> str:
+    """The session's real server on the bundled models (tests/conftest.py); its ``host:port``."""
+    return f"127.0.0.1:{demo_server[1]}"
 
 
 @pytest.fixture(scope="session")
