@@ -164,8 +164,10 @@ def test_bad_requests_raise_the_right_errors(client: ExplainClient, images: np.n
 
 
 def test_deadline_exceeded(client: ExplainClient, images: np.ndarray) -> None:
+    # ~60k forward passes: seconds of work, so a 50 ms deadline always expires first
     with pytest.raises(DeadlineExceeded):
-        client.predict(images[0], MODEL, timeout=1e-4)
+        client.explain(images[0], "pixelwise_prediction_difference", MODEL, timeout=0.05,
+                       stride=1, samples=20)  # fmt: skip
 
 
 def test_unreachable_server_is_unavailable() -> None:
