@@ -34,9 +34,10 @@ from xaiserve.config import Settings
 from xaiserve.demo import shapes
 from xaiserve.jobs.gad_fitting import GadFitConfig, fit_support_set
 from xaiserve.methods.base import Target, get_method
-from xaiserve.methods.gad import GadParams, base_params, gad, load_support_set
+from xaiserve.methods.gad import GadParams, base_params, gad
 from xaiserve.models.model import Model
 from xaiserve.models.repository import ModelRepository
+from xaiserve.models.support_models import load_support_set
 from xaiserve.observability import Metrics
 from xaiserve.runtime.batcher import ImageBudget
 

@@ -44,9 +44,10 @@ from xaiserve.jobs.datasets import DatasetItem
 from xaiserve.jobs.gad_fitting import GadFitConfig, fit_support_set, modified_targets, run_gad_fit
 from xaiserve.jobs.operations import OperationStore
 from xaiserve.methods.base import Target
-from xaiserve.methods.gad import GadParams, gad, load_support_set  # registers "gad"
+from xaiserve.methods.gad import GadParams, gad  # registers "gad"
 from xaiserve.models.model import Model
 from xaiserve.models.repository import ModelRepository
+from xaiserve.models.support_models import load_support_set
 from xaiserve.models.support_sets import SUPPORT_SETS_DIR, SupportSetRecord, SupportSetStore
 from xaiserve.observability import Metrics
 from xaiserve.runtime.batcher import ImageBudget

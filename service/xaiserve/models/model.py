@@ -158,6 +158,12 @@ class Model:
             return False
         return True
 
+    def support_set(self, set_id: str) -> Any:
+        """A fitted GAD support set of this version, loaded once (``LoadedSupportSet``)."""
+        from xaiserve.models.support_models import load_support_set
+
+        return load_support_set(self, set_id)
+
     def torch_backend(self) -> contextlib.AbstractContextManager[TorchBackend]:
         return self._pool().lease()  # type: ignore[no-any-return]
 
