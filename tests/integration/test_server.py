@@ -215,7 +215,7 @@ def test_explain_errors(stub) -> None:  # type: ignore[no-untyped-def]
             method=pb.MethodParams(saliency=pb.SaliencyParams()),
         ),
     )
-    assert code in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.UNIMPLEMENTED)
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and "target.index 7 is out of range" in details
     code, details = code_of(
         s.Explain,
         pb.ExplainRequest(
@@ -225,11 +225,18 @@ def test_explain_errors(stub) -> None:  # type: ignore[no-untyped-def]
             method=pb.MethodParams(gad=pb.GadParams(support_set="x")),
         ),
     )
-    assert code in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.UNIMPLEMENTED)
-    assert code_of(s.FitGad, iter([pb.FitGadRequest()]))[0] in (
-        grpc.StatusCode.UNIMPLEMENTED,
-        grpc.StatusCode.INVALID_ARGUMENT,
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and "'nope' is not a label" in details
+    code, details = code_of(
+        s.Explain,
+        pb.ExplainRequest(
+            model="regions",
+            image=image,
+            method=pb.MethodParams(gad=pb.GadParams(support_set="gad-0-1-1")),
+        ),
     )
+    assert code == grpc.StatusCode.NOT_FOUND and "gad-0-1-1" in details
+    code, details = code_of(s.FitGad, iter([pb.FitGadRequest()]))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and "config" in details
 
 
 def test_unknown_model_names_never_become_labels(stub) -> None:  # type: ignore[no-untyped-def]
