@@ -13,6 +13,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
+
 from xaiserve.demo import shapes, train
 
 MODEL_DIR = Path(__file__).resolve().parents[2] / "models" / "shapes" / "1"

@@ -12,6 +12,7 @@ import pytest
 from PIL import Image
 from scipy import ndimage
 from skimage.measure import regionprops
+
 from xaiserve.demo import shapes
 
 N = 200
