@@ -10,7 +10,7 @@ PROTO_SRC := $(wildcard protos/xaiserve/v1/*.proto)
 help:
 	@echo "make demo   - set up, start the server on the bundled model, explain through the SDK, write images + table"
 	@echo "make test   - set up and run the whole test suite"
-	@echo "make lint   - ruff + mypy"
+	@echo "make lint   - ruff + mypy + import-linter (imports point down)"
 	@echo "make proto  - regenerate gRPC stubs from protos/"
 	@echo "make bench  - run the benchmarks under bench/ (minutes)"
 
@@ -34,6 +34,7 @@ test-fast: $(STAMP)
 lint: $(STAMP)
 	$(PY) -m ruff check service clients tests bench
 	$(PY) -m mypy service/xaiserve clients/python/xaiserve_client
+	$(VENV)/bin/lint-imports
 
 proto: $(STAMP)
 	$(PY) -m grpc_tools.protoc -I protos --python_out=service --pyi_out=service \

@@ -55,13 +55,17 @@ class NotFound(XaiserveError):
 
 
 class Overloaded(XaiserveError):
-    """Admission refused: a queue or a cost limit is full. ``reason`` labels the metric."""
+    """Admission refused: a queue or a pool is full. ``reason`` labels
+    ``xaiserve_rejected_requests_total``: the server interceptor counts it when the refusal
+    ends an RPC, unless the raiser counted it already (``counted=True``, e.g. the batcher,
+    which also refuses work of long-running operations)."""
 
     status = Status.RESOURCE_EXHAUSTED
 
-    def __init__(self, message: str, reason: str = "queue_full") -> None:
+    def __init__(self, message: str, reason: str = "queue_full", *, counted: bool = False) -> None:
         super().__init__(message)
         self.reason = reason
+        self.counted = counted
 
 
 class LimitExceeded(XaiserveError):

@@ -250,7 +250,7 @@ def _png(image: np.ndarray) -> bytes:
 def test_end_to_end_fit_watch_explain(tmp_path: Path, start_server) -> None:  # type: ignore[no-untyped-def]
     root = tmp_path / "repo"
     shutil.copytree(DEMO_MODELS, root)
-    server, port = start_server(root, log_level="WARNING")
+    _server, port = start_server(root, log_level="WARNING")
     data = shapes.generate(20, shapes.TRAIN_SEED, start=2000)
 
     def stream() -> Iterator[pb.FitGadRequest]:
@@ -277,17 +277,7 @@ def test_end_to_end_fit_watch_explain(tmp_path: Path, start_server) -> None:  # 
 
     with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
         stub = pb_grpc.ExplainServiceStub(channel)
-        try:
-            op = stub.FitGad(stream(), timeout=30)
-        except grpc.RpcError as exc:
-            if exc.code() != grpc.StatusCode.UNIMPLEMENTED:
-                raise
-            # FitGad not wired to start_gad_fit in the servicer yet: start it the same way
-            from xaiserve.api.gad_api import start_gad_fit
-            from xaiserve.api.servicer import ExplainServicer
-
-            servicer = ExplainServicer(server.settings, server.repository, server.operations)
-            op = start_gad_fit(servicer, stream())
+        op = stub.FitGad(stream(), timeout=30)
         assert op.kind == "fit_gad" and op.total == 4
         seen = list(stub.WatchOperation(pb.OperationRequest(id=op.id), timeout=120))
         final = seen[-1]
@@ -327,7 +317,6 @@ def test_end_to_end_fit_watch_explain(tmp_path: Path, start_server) -> None:  # 
 
 
 def test_fit_gad_request_validation_and_server_side_folder(fitted: Fitted, tmp_path: Path) -> None:
-    from xaiserve.api.gad_api import start_gad_fit
     from xaiserve.api.servicer import ExplainServicer
     from xaiserve.errors import InvalidInput, NotFound
 
@@ -337,6 +326,9 @@ def test_fit_gad_request_validation_and_server_side_folder(fitted: Fitted, tmp_p
     assert repo.load_version("shapes", "1").model is not None
     ops = OperationStore(None, Metrics())
     servicer = ExplainServicer(settings, repo, ops)
+
+    def start_gad_fit(_: object, requests: Iterator[pb.FitGadRequest]) -> pb.Operation:
+        return servicer.FitGad(requests, None)  # type: ignore[arg-type]
 
     def config(**kw: object) -> pb.FitGadRequest:
         base: dict[str, object] = dict(

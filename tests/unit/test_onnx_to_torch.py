@@ -20,7 +20,8 @@ from onnx import TensorProto, helper, numpy_helper
 from torch import nn
 
 from xaiserve.errors import Unimplemented
-from xaiserve.runtime.onnx_to_torch import UnsupportedOperator, batchnorm_pairs, convert_onnx
+from xaiserve.methods.lrp import batchnorm_pairs
+from xaiserve.runtime.onnx_to_torch import UnsupportedOperator, convert_onnx
 
 torch.set_num_threads(1)
 RNG = np.random.default_rng(0)

@@ -1,77 +1,51 @@
-"""Protobuf ↔ domain conversion. Protobuf stops here: methods never see it."""
+"""Protobuf ↔ domain conversion. Protobuf stops here: nothing below ``api/`` sees it.
+
+Requests become the core's input types (:mod:`xaiserve.core`) without decoding anything — the
+core decodes the image once, after the model is known — and the core's results become
+responses.
+"""
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
-from google.protobuf import struct_pb2
+from google.protobuf import struct_pb2, timestamp_pb2
 from google.protobuf.message import Message
 
-from xaiserve import __version__
-from xaiserve.errors import InvalidInput
-from xaiserve.imaging.decode import ImageLimits, decode_encoded, decode_heatmap, decode_tensor
-from xaiserve.imaging.preprocess import fit_to_input
+from xaiserve import __version__, core
+from xaiserve.imaging.decode import ImageInput, RawTensor
+from xaiserve.jobs.operations import OperationState
 from xaiserve.methods.base import registered_methods
 from xaiserve.models.model import Model
-from xaiserve.models.repository import ModelEntry
+from xaiserve.models.repository import ModelEntry, VersionEntry
 from xaiserve.v1 import explain_pb2 as pb
 
+# ---------------------------------------------------------------------------------------------
+# proto → domain
 
-def image_from_proto(image: pb.Image, limits: ImageLimits, field: str = "image") -> np.ndarray:
-    """Decode a request image to image space at its own size."""
+
+def raw_tensor(t: pb.Tensor) -> RawTensor:
+    return RawTensor(dtype=t.dtype, shape=tuple(t.shape), data=t.data)
+
+
+def image_input(image: pb.Image) -> ImageInput:
     kind = image.WhichOneof("data")
     if kind == "encoded":
-        return decode_encoded(image.encoded, limits)
+        return ImageInput(encoded=image.encoded)
     if kind == "tensor":
-        t = image.tensor
-        return decode_tensor(t.dtype, list(t.shape), t.data, limits)
-    raise InvalidInput(
-        f"{field} is missing: set {field}.encoded (PNG/JPEG bytes) or {field}.tensor"
-    )
+        return ImageInput(tensor=raw_tensor(image.tensor))
+    return ImageInput()
 
 
-def model_image(
-    image: pb.Image, model: Model, limits: ImageLimits, field: str = "image"
-) -> np.ndarray:
-    """Decode and bring to the model's input grid."""
-    return fit_to_input(image_from_proto(image, limits, field), model.config.input)
-
-
-def tensor_to_proto(array: np.ndarray) -> pb.Tensor:
-    if array.dtype == np.bool_ or array.dtype == np.uint8:
-        arr = np.ascontiguousarray(array, dtype=np.uint8)
-        dtype = "uint8"
-    else:
-        arr = np.ascontiguousarray(array, dtype="<f4")
-        dtype = "float32"
-    return pb.Tensor(dtype=dtype, shape=list(arr.shape), data=arr.tobytes())
-
-
-def heatmap_from_proto(t: pb.Tensor, model: Model, field: str) -> np.ndarray:
-    h, w = model.input_size
-    return decode_heatmap(t.dtype, list(t.shape), t.data, h, w, field)
-
-
-def resolve_class(ref: pb.ClassRef, model: Model, field: str) -> int | None:
-    """Class index for a ClassRef; ``None`` means "the predicted class" (unset or predicted)."""
+def class_ref(ref: pb.ClassRef) -> core.ClassRef:
     kind = ref.WhichOneof("ref")
-    if kind is None or kind == "predicted":
-        return None
     if kind == "index":
-        if ref.index >= model.num_classes:
-            raise InvalidInput(
-                f"{field}.index {ref.index} is out of range: model {model.name!r} has "
-                f"{model.num_classes} classes (0..{model.num_classes - 1})"
-            )
-        return int(ref.index)
-    try:
-        return model.labels.index(ref.label)
-    except ValueError:
-        shown = ", ".join(model.labels[:20])
-        raise InvalidInput(
-            f"{field}.label {ref.label[:64]!r} is not a label of {model.name!r} ({shown})"
-        ) from None
+        return core.ClassRef(index=int(ref.index))
+    if kind == "label":
+        return core.ClassRef(label=ref.label)
+    return core.ClassRef(predicted=kind == "predicted")
 
 
 def message_to_mapping(message: Message) -> dict[str, Any]:
@@ -89,15 +63,97 @@ def message_to_mapping(message: Message) -> dict[str, Any]:
     return out
 
 
-def method_of(params: pb.MethodParams, field: str = "method") -> tuple[str, Message]:
+def method_choice(params: pb.MethodParams, field: str = "method") -> core.MethodChoice:
     name = params.WhichOneof("method")
     if name is None:
-        names = ", ".join(f.name for f in pb.MethodParams.DESCRIPTOR.oneofs[0].fields)
-        raise InvalidInput(f"{field} is missing: set one of {names}")
-    return name, getattr(params, name)
+        return core.MethodChoice(None, {}, field)
+    return core.MethodChoice(name, message_to_mapping(getattr(params, name)), field)
+
+
+def predict_input(r: pb.PredictRequest) -> core.PredictInput:
+    top_k = r.top_k if r.HasField("top_k") else None
+    return core.PredictInput(r.model, r.version, image_input(r.image), top_k)
+
+
+def explain_input(r: pb.ExplainRequest) -> core.ExplainInput:
+    return core.ExplainInput(
+        model=r.model,
+        version=r.version,
+        image=image_input(r.image),
+        method=method_choice(r.method),
+        target=class_ref(r.target),
+        contrast=class_ref(r.contrast),
+    )
+
+
+def score_input(r: pb.ScoreRequest) -> core.ScoreInput:
+    source = r.WhichOneof("heatmap_source")
+    return core.ScoreInput(
+        model=r.model,
+        version=r.version,
+        image=image_input(r.image),
+        target=class_ref(r.target),
+        heatmap=raw_tensor(r.heatmap) if source == "heatmap" else None,
+        method=method_choice(r.method) if source == "method" else None,
+        morf=message_to_mapping(r.morf),
+        mask=raw_tensor(r.mask) if r.HasField("mask") else None,
+        hull_keep_fraction=r.hull_keep_fraction if r.HasField("hull_keep_fraction") else None,
+    )
+
+
+def streamed_item(index: int, item: pb.LabelledImage) -> core.StreamedItem:
+    return core.StreamedItem(
+        index=index,
+        name=item.name or str(index),
+        image=image_input(item.image),
+        label=class_ref(item.label),
+        mask=raw_tensor(item.mask) if item.HasField("mask") else None,
+    )
+
+
+def dataset_evaluation_input(c: pb.EvaluateDatasetConfig) -> core.DatasetEvaluationInput:
+    return core.DatasetEvaluationInput(
+        model=c.model,
+        version=c.version,
+        methods=[method_choice(m, f"config.methods[{i}]") for i, m in enumerate(c.methods)],
+        morf=message_to_mapping(c.morf),
+        dataset=c.dataset,
+        limit=c.limit if c.HasField("limit") else None,
+    )
+
+
+def gad_fit_input(c: pb.FitGadConfig) -> core.GadFitInput:
+    return core.GadFitInput(
+        model=c.model,
+        version=c.version,
+        class_a=class_ref(c.class_a),
+        class_b=class_ref(c.class_b),
+        dataset=c.dataset,
+        alphas=tuple(c.alphas),
+        epochs=c.epochs if c.HasField("epochs") else None,
+        learning_rate=c.learning_rate if c.HasField("learning_rate") else None,
+        batch_size=c.batch_size if c.HasField("batch_size") else None,
+        seed=c.seed if c.HasField("seed") else None,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# domain → proto
+
+
+def tensor_to_proto(array: np.ndarray) -> pb.Tensor:
+    if array.dtype == np.bool_ or array.dtype == np.uint8:
+        arr = np.ascontiguousarray(array, dtype=np.uint8)
+        dtype = "uint8"
+    else:
+        arr = np.ascontiguousarray(array, dtype="<f4")
+        dtype = "float32"
+    return pb.Tensor(dtype=dtype, shape=list(arr.shape), data=arr.tobytes())
 
 
 def struct_from_dict(values: dict[str, Any]) -> struct_pb2.Struct:
+    """Values as a Struct: numpy numbers and arrays become plain numbers and lists, NaN/inf
+    become null (JSON has no NaN, and clients parse JSON), anything else unknown its text."""
     s = struct_pb2.Struct()
     s.update(_plain(values))
     return s
@@ -108,40 +164,153 @@ def _plain(value: Any) -> Any:
         return {str(k): _plain(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [_plain(v) for v in value]
-    if isinstance(value, (np.floating, np.integer)):
-        return value.item()
+    if hasattr(value, "tolist"):  # numpy scalars and arrays
+        return _plain(value.tolist())
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
     if isinstance(value, bool | int | float | str) or value is None:
         return value
     return str(value)
 
 
-def provenance(
-    model: Model, method: str, params: dict[str, Any], seed: int | None, backend: str
-) -> pb.Provenance:
-    p = pb.Provenance(
-        model=model.name,
-        version=model.version,
-        model_sha256=model.sha256,
-        method=method,
-        parameters=struct_from_dict(params),
-        xaiserve_version=__version__,
-        backend=backend,
+def class_score(score: core.ClassScore) -> pb.ClassScore:
+    return pb.ClassScore(index=score.index, label=score.label, probability=score.probability)
+
+
+def timings(t: core.Timings) -> pb.Timings:
+    return pb.Timings(
+        total_seconds=t.total_seconds,
+        decode_seconds=t.decode_seconds,
+        method_seconds=t.method_seconds,
+        inference_seconds=t.inference_seconds,
+        queue_seconds=t.queue_seconds,
     )
-    if seed is not None:
-        p.seed = seed
-    return p
 
 
-def class_score(model: Model, index: int, probability: float) -> pb.ClassScore:
-    return pb.ClassScore(index=index, label=model.labels[index], probability=float(probability))
+def provenance(p: core.Provenance) -> pb.Provenance:
+    out = pb.Provenance(
+        model=p.model,
+        version=p.version,
+        model_sha256=p.model_sha256,
+        method=p.method,
+        parameters=struct_from_dict(p.parameters),
+        xaiserve_version=__version__,
+        backend=p.backend,
+    )
+    if p.seed is not None:
+        out.seed = p.seed
+    return out
+
+
+def predict_response(result: core.Prediction, request_id: str) -> pb.PredictResponse:
+    return pb.PredictResponse(
+        model=result.model.name,
+        version=result.model.version,
+        classes=[class_score(c) for c in result.classes],
+        timings=timings(result.timings),
+        request_id=request_id,
+    )
+
+
+def explain_response(result: core.ExplainResult, request_id: str) -> pb.ExplainResponse:
+    explanation = result.explanation
+    response = pb.ExplainResponse(
+        heatmap=tensor_to_proto(result.heatmap),
+        signed=bool(explanation.signed),
+        target=class_score(result.target),
+        forward_passes=result.forward_passes,
+        timings=timings(result.timings),
+        provenance=provenance(result.provenance),
+        method=result.method.spec.name,
+        request_id=request_id,
+    )
+    if result.contrast is not None:
+        response.contrast.CopyFrom(class_score(result.contrast))
+    for key, value in explanation.maps.items():
+        response.maps[key].CopyFrom(tensor_to_proto(np.asarray(value)))
+    for key, number in explanation.values.items():
+        response.values[key] = float(number)
+    return response
+
+
+def score_response(result: core.ScoreResult) -> pb.ScoreResponse:
+    curves = result.morf
+    response = pb.ScoreResponse(
+        morf_curve=curves.morf_curve.tolist(),
+        aopc_morf=curves.aopc_morf,
+        forward_passes=result.forward_passes,
+        complexity=pb.Complexity(
+            png_bytes=float(result.complexity.png_bytes), entropy=float(result.complexity.entropy)
+        ),
+        convex_hull=pb.ConvexHull(
+            area_ratio=result.convex_hull.area_ratio, sensitivity=result.convex_hull.sensitivity
+        ),
+        target=class_score(result.target),
+        provenance=provenance(result.provenance),
+        timings=timings(result.timings),
+    )
+    if curves.lerf_curve is not None:
+        response.lerf_curve.extend(curves.lerf_curve.tolist())
+        response.aopc_lerf = float(curves.aopc_lerf or 0.0)
+        response.area_between_lerf_morf = float(curves.area_between_lerf_morf or 0.0)
+    if curves.random_curve is not None:
+        response.random_curve.extend(curves.random_curve.tolist())
+        response.aopc_random = float(curves.aopc_random or 0.0)
+        response.aopc_morf_minus_random = float(curves.aopc_morf_minus_random or 0.0)
+    if result.heatmap is not None:
+        response.heatmap.CopyFrom(tensor_to_proto(result.heatmap))
+    loc = result.localisation
+    if loc is not None:
+        response.localisation.CopyFrom(
+            pb.Localisation(
+                mu=loc.mu,
+                mu_weighted=loc.mu_weighted,
+                object_fraction=loc.object_fraction,
+                thresholds=np.asarray(loc.thresholds).tolist(),
+                precision=np.asarray(loc.precision).tolist(),
+                recall=np.asarray(loc.recall).tolist(),
+                f_measure=np.asarray(loc.f_measure).tolist(),
+            )
+        )
+    return response
+
+
+def _timestamp(t: float) -> timestamp_pb2.Timestamp:
+    ts = timestamp_pb2.Timestamp()
+    ts.FromNanoseconds(int(t * 1e9))
+    return ts
+
+
+def operation(op: OperationState) -> pb.Operation:
+    out = pb.Operation(
+        id=op.id,
+        kind=op.kind,
+        state=getattr(pb.Operation, op.state),
+        done=op.done,
+        total=op.total,
+        message=op.message,
+    )
+    for key, value in op.progress.items():
+        out.progress[key] = float(value)
+    if op.item_result is not None:
+        out.item_result.CopyFrom(struct_from_dict(op.item_result))
+    if op.result is not None:
+        out.result.CopyFrom(struct_from_dict(op.result))
+    if op.error_code:
+        out.error.code = op.error_code
+        out.error.message = op.error_message
+    out.created.CopyFrom(_timestamp(op.created))
+    out.updated.CopyFrom(_timestamp(op.updated))
+    return out
 
 
 def supported_methods(model: Model) -> list[str]:
-    return sorted(name for name, spec in registered_methods().items() if model.supports(spec))
+    return sorted(
+        name for name, spec in registered_methods().items() if model.supports(spec.model_backend)
+    )
 
 
-def version_info(entry_version: Any) -> pb.ModelVersionInfo:
-    v = entry_version
+def version_info(v: VersionEntry) -> pb.ModelVersionInfo:
     info = pb.ModelVersionInfo(version=v.version, error=v.error, sha256=v.sha256)
     if v.model is None:
         info.state = pb.ModelVersionInfo.FAILED

@@ -21,7 +21,7 @@ from typing import Any
 
 import grpc
 
-from xaiserve.errors import Status, XaiserveError
+from xaiserve.errors import Overloaded, XaiserveError
 from xaiserve.observability import Metrics
 
 log = logging.getLogger(__name__)
@@ -48,10 +48,6 @@ def set_method_label(name: str) -> None:
     info = _rpc_info.get()
     if info is not None:
         info.method = name
-
-
-def grpc_code(status: Status) -> grpc.StatusCode:
-    return getattr(grpc.StatusCode, status.value)  # type: ignore[no-any-return]
 
 
 class Admission:
@@ -188,7 +184,7 @@ class ServiceInterceptor(grpc.ServerInterceptor):
             try:
                 return behaviour(request, context)
             except Exception as exc:
-                code, message = _status_of(exc, rpc)
+                code, message = self._status_of(exc, rpc)
                 _abort(context, code, message)
             finally:
                 self._leave(rpc)
@@ -219,13 +215,20 @@ class ServiceInterceptor(grpc.ServerInterceptor):
                 code = "CANCELLED"
                 raise
             except Exception as exc:
-                code, message = _status_of(exc, rpc)
+                code, message = self._status_of(exc, rpc)
                 _abort(context, code, message)
             finally:
                 self._leave(rpc)
                 self._finish(rpc, info, start, code)
 
         return call
+
+
+    def _status_of(self, exc: Exception, rpc: str) -> tuple[str, str]:
+        if isinstance(exc, Overloaded) and not exc.counted:
+            self.metrics.rejected_total.labels(reason=exc.reason).inc()
+            exc.counted = True
+        return _status_of(exc, rpc)
 
 
 class _Refused(Exception):

@@ -20,8 +20,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.spatial import ConvexHull, QhullError
 
+from xaiserve.contracts.models import BlackBoxModel
 from xaiserve.errors import InvalidInput
-from xaiserve.methods.base import BlackBoxModel
 
 _TOLERANCE = 1e-9
 

@@ -48,9 +48,9 @@ from typing import Literal
 
 import numpy as np
 
+from xaiserve.contracts.models import BlackBoxModel
 from xaiserve.errors import InvalidInput
 from xaiserve.imaging.fills import Fill, check_fill, fill_image
-from xaiserve.methods.base import BlackBoxModel
 
 Ordering = Literal["morf", "lerf", "random"]
 

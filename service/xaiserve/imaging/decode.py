@@ -27,6 +27,42 @@ class ImageLimits:
     formats: tuple[str, ...] = ("PNG", "JPEG")
 
 
+@dataclass(frozen=True)
+class RawTensor:
+    """A tensor as a client sent it: dtype name, shape and little-endian bytes (not decoded)."""
+
+    dtype: str
+    shape: tuple[int, ...]
+    data: bytes
+
+
+@dataclass(frozen=True)
+class ImageInput:
+    """A request image before decoding: encoded file bytes, or a raw tensor (or neither, when
+    the client sent none; :func:`decode_image` then names the missing field)."""
+
+    encoded: bytes | None = None
+    tensor: RawTensor | None = None
+
+
+def decode_image(image: ImageInput, limits: ImageLimits, field: str = "image") -> np.ndarray:
+    """Decode a request image to image space at its own size (the one decoding step)."""
+    if image.encoded is not None:
+        return decode_encoded(image.encoded, limits)
+    if image.tensor is not None:
+        t = image.tensor
+        return decode_tensor(t.dtype, list(t.shape), t.data, limits)
+    raise InvalidInput(
+        f"{field} is missing: set {field}.encoded (PNG/JPEG bytes) or {field}.tensor"
+    )
+
+
+def decode_map(t: RawTensor, height: int, width: int, field: str) -> np.ndarray:
+    """A client-supplied heatmap or mask on a ``(height, width)`` grid (see
+    :func:`decode_heatmap`)."""
+    return decode_heatmap(t.dtype, list(t.shape), t.data, height, width, field)
+
+
 def decode_encoded(data: bytes, limits: ImageLimits) -> np.ndarray:
     """Decode PNG/JPEG bytes (allow-listed formats only) after checking the declared size."""
     if not data:

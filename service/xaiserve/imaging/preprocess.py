@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
-from xaiserve.models.config import InputConfig
+from xaiserve.contracts.input import InputConfig, Preprocessing
 
 
 def fit_to_input(image: np.ndarray, cfg: InputConfig) -> np.ndarray:
@@ -38,7 +38,7 @@ def _resize(image: np.ndarray, height: int, width: int) -> np.ndarray:
     return np.clip(np.stack(channels, axis=2), 0.0, 255.0).astype(np.float32)
 
 
-def to_network_input(images: np.ndarray, cfg: InputConfig) -> np.ndarray:
+def to_network_input(images: np.ndarray, cfg: Preprocessing) -> np.ndarray:
     """Image-space ``(N, H, W, 3)`` RGB 0..255 → the network's float32 input.
 
     ``x = (lo + pixel/255·(hi − lo) − mean) / std`` per channel in the model's channel order,

@@ -13,15 +13,15 @@ Items are produced lazily, one at a time, so memory does not grow with the data 
 from __future__ import annotations
 
 import csv
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from xaiserve.contracts.names import validate_name
 from xaiserve.errors import InvalidInput, NotFound
 from xaiserve.imaging.decode import ImageLimits, decode_encoded
-from xaiserve.models.repository import validate_name
 
 
 @dataclass
@@ -89,7 +89,3 @@ def _file_loader(path: Path, limits: ImageLimits) -> Callable[[], np.ndarray]:
 
 def _mask_loader(path: Path, limits: ImageLimits) -> Callable[[], np.ndarray]:
     return lambda: decode_encoded(path.read_bytes(), limits).mean(axis=2) > 127.5
-
-
-def iterate(items: list[DatasetItem]) -> Iterator[DatasetItem]:
-    yield from items

@@ -38,17 +38,16 @@ from torch import nn
 from xaiserve.errors import InvalidInput
 from xaiserve.imaging.preprocess import fit_to_input
 from xaiserve.jobs.datasets import DatasetItem
+from xaiserve.methods.gad import DEFAULT_ALPHAS
 from xaiserve.models.model import Model
 from xaiserve.models.support_sets import (
     SupportSetRecord,
     SupportSetStore,
     dataset_sha256,
     logit_module,
-    model_preprocessing,
 )
 from xaiserve.runtime.torch_backend import TorchLease, default_device
 
-DEFAULT_ALPHAS: tuple[float, ...] = (2.0, 4.0, 6.0, 8.0)
 DEFAULT_EPOCHS = 10
 DEFAULT_LEARNING_RATE = 4e-5
 DEFAULT_BATCH_SIZE = 32
@@ -185,10 +184,10 @@ def fit_support_set(
     dev = torch.device(device) if device is not None else default_device()
     start = time.perf_counter()
     handle.update(message="computing the original model's pre-softmax outputs (Section 4.1)")
-    original = logit_module(model._module_factory()(), model.output_kind).eval().to(dev)
+    original = logit_module(model.torch_module_factory()(), model.output_kind).eval().to(dev)
     for p in original.parameters():
         p.requires_grad_(False)
-    lease = TorchLease(original, dev, model_preprocessing(model.config.input))
+    lease = TorchLease(original, dev, model.preprocessing)
     x = _inputs(lease, imgs)
     logits = _outputs(original, x).cpu().numpy()
     n = len(x)

@@ -21,8 +21,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from google.protobuf import struct_pb2, timestamp_pb2
-
 from xaiserve.errors import Cancelled, NotFound, XaiserveError
 from xaiserve.observability import Metrics
 
@@ -50,54 +48,18 @@ class OperationState:
     updated: float = field(default_factory=time.time)
     revision: int = 0
 
-    def to_proto(self) -> Any:
-        from xaiserve.v1 import explain_pb2 as pb
 
-        op = pb.Operation(
-            id=self.id,
-            kind=self.kind,
-            state=getattr(pb.Operation, self.state),
-            done=self.done,
-            total=self.total,
-            message=self.message,
-        )
-        for key, value in self.progress.items():
-            op.progress[key] = float(value)
-        if self.item_result is not None:
-            op.item_result.CopyFrom(_struct(self.item_result))
-        if self.result is not None:
-            op.result.CopyFrom(_struct(self.result))
-        if self.error_code:
-            op.error.code = self.error_code
-            op.error.message = self.error_message
-        op.created.CopyFrom(_timestamp(self.created))
-        op.updated.CopyFrom(_timestamp(self.updated))
-        return op
-
-
-def _struct(values: dict[str, Any]) -> struct_pb2.Struct:
-    """Values as a Struct; NaN/inf become null (JSON has no NaN, and clients parse JSON)."""
-    s = struct_pb2.Struct()
-    s.update(_json_safe(values))
-    return s
-
-
-def _json_safe(value: Any) -> Any:
+def json_safe(value: Any) -> Any:
+    """Plain JSON values: numpy scalars/arrays as lists and numbers, NaN/inf as ``None``."""
     if isinstance(value, dict):
-        return {str(k): _json_safe(v) for k, v in value.items()}
+        return {str(k): json_safe(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
+        return [json_safe(v) for v in value]
     if hasattr(value, "tolist"):  # numpy scalars and arrays
-        return _json_safe(value.tolist())
+        return json_safe(value.tolist())
     if isinstance(value, float) and not math.isfinite(value):
         return None
     return value
-
-
-def _timestamp(t: float) -> timestamp_pb2.Timestamp:
-    ts = timestamp_pb2.Timestamp()
-    ts.FromNanoseconds(int(t * 1e9))
-    return ts
 
 
 class OperationHandle:
@@ -230,7 +192,7 @@ class OperationStore:
             return
         path = self.directory / f"{op.id}.json"
         tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(_json_safe(asdict(op))), encoding="utf-8")
+        tmp.write_text(json.dumps(json_safe(asdict(op))), encoding="utf-8")
         os.replace(tmp, path)
 
     def _count(self) -> None:

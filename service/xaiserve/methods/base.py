@@ -2,8 +2,9 @@
 
 A method is a pure function ``explain(model, image, target, params) -> Explanation``. It never
 imports gRPC, onnxruntime or device-placement code: it receives a :class:`BlackBoxModel` (forward
-passes only) or a :class:`WhiteBoxModel` (which also lends a PyTorch module), so every method can
-be tested with a ten-line numpy model.
+passes only) or a :class:`WhiteBoxModel` (which also lends a PyTorch module) — both leaf
+contracts of :mod:`xaiserve.contracts.models` — so every method can be tested with a ten-line
+numpy model.
 
 Image space: every image a method sees or produces is ``float32`` of shape ``(H, W, 3)``, RGB,
 values on the 0..255 scale, already at the model's input size ``(H, W)``. Heatmaps are ``(H, W)``
@@ -12,85 +13,30 @@ values on the 0..255 scale, already at the model's input size ``(H, W)``. Heatma
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from typing import Any, Literal
 
 import numpy as np
 
+from xaiserve.contracts.images import ImageBatch, OutputSpace
+from xaiserve.contracts.models import BlackBoxModel, TorchBackend, WhiteBoxModel
 from xaiserve.errors import Unimplemented
 
-if TYPE_CHECKING:
-    import torch
-
-ImageBatch = np.ndarray
-"""``(N, H, W, 3)`` float32 RGB images on the 0..255 scale."""
-
-OutputSpace = Literal["probabilities", "raw"]
-
-
-class BlackBoxModel(Protocol):
-    """What black-box methods may ask of a model: its input grid, its classes, forward passes."""
-
-    @property
-    def input_size(self) -> tuple[int, int]:
-        """``(height, width)`` of the images the model takes."""
-        ...
-
-    @property
-    def num_classes(self) -> int: ...
-
-    @property
-    def output_kind(self) -> Literal["logits", "probabilities"]:
-        """What the network itself outputs (``predict`` can return either space)."""
-        ...
-
-    def predict(
-        self, images: ImageBatch | Iterable[ImageBatch], output: OutputSpace = "probabilities"
-    ) -> np.ndarray:
-        """Class scores ``(N, num_classes)`` float32 for ``N`` images, in order.
-
-        ``images`` is one ``(N, H, W, 3)`` array or an iterable of such chunks; an iterable is
-        consumed lazily (a chunk is produced while the previous one runs), so a method that
-        needs thousands of forward passes yields chunks and never holds them all in memory.
-        ``output="probabilities"`` applies softmax to logit models; ``"raw"`` returns the
-        network's own output (logits for logit models).
-        """
-        ...
-
-
-class TorchBackend(Protocol):
-    """A PyTorch module leased to one request (hooks may be attached while it is held)."""
-
-    @property
-    def module(self) -> torch.nn.Module:
-        """Eval-mode module mapping the normalised input tensor to raw outputs (logits)."""
-        ...
-
-    @property
-    def device(self) -> torch.device: ...
-
-    def to_input(self, images: ImageBatch) -> torch.Tensor:
-        """Preprocess image-space images into the module's input (NCHW/NHWC, normalised)."""
-        ...
-
-    def to_heatmap(self, attribution: torch.Tensor) -> np.ndarray:
-        """Input-space attributions ``(N, ...)`` → image-space maps ``(N, H, W)``
-        by summing over the channel axis of the model's layout."""
-        ...
-
-
-class WhiteBoxModel(BlackBoxModel, Protocol):
-    """A model that can also lend a PyTorch module for gradient and rule-based methods."""
-
-    def torch_backend(self) -> contextlib.AbstractContextManager[TorchBackend]:
-        """Lease a module for the duration of a ``with`` block.
-
-        The lease is exclusive: attribution hooks registered on ``backend.module`` inside the
-        block cannot affect another request; they must be removed before the block ends.
-        """
-        ...
+__all__ = [
+    "BlackBoxModel",
+    "Explanation",
+    "ImageBatch",
+    "MethodSpec",
+    "OutputSpace",
+    "Target",
+    "TorchBackend",
+    "WhiteBoxModel",
+    "chunked",
+    "get_method",
+    "register_method",
+    "registered_methods",
+]
 
 
 @dataclass(frozen=True)
@@ -123,7 +69,8 @@ Backend = Literal["blackbox", "whitebox"]
 
 @dataclass(frozen=True)
 class MethodSpec:
-    """A registered method: its function, parameter type, backend and cost estimate.
+    """A registered method: its function, parameter type, backend, cost estimate and whether
+    its maps are signed by default (``Explanation.signed`` says it per result).
 
     ``cost(params, (H, W))`` estimates the forward passes (images through the network) a
     request will need; admission control counts it against the per-request limit.
@@ -135,6 +82,11 @@ class MethodSpec:
     backend: Backend
     cost: Callable[[Any, tuple[int, int]], int]
     signed: bool
+
+    @property
+    def model_backend(self) -> str:
+        """The model backend the method runs on: ``"onnx"`` (forward passes) or ``"torch"``."""
+        return "onnx" if self.backend == "blackbox" else "torch"
 
 
 _REGISTRY: dict[str, MethodSpec] = {}

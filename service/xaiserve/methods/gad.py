@@ -35,15 +35,17 @@ request only and are checked on release.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
 
+from xaiserve.contracts.names import validate_name
 from xaiserve.errors import FailedPrecondition, InvalidInput
 from xaiserve.evaluation.convex_hull import convex_hull_mask, hull_sensitivity, important_pixels
-from xaiserve.jobs.gad_fitting import DEFAULT_ALPHAS
+from xaiserve.methods import gradients as _gradients  # noqa: F401 - registers the base methods
 from xaiserve.methods.base import (
     Explanation,
     Target,
@@ -51,24 +53,12 @@ from xaiserve.methods.base import (
     get_method,
     register_method,
 )
-from xaiserve.methods.gradients import (
-    DeconvolutionParams,
-    GradientTimesInputParams,
-    GuidedBackpropParams,
-    IntegratedGradientsParams,
-    SaliencyParams,
-)
-from xaiserve.models.repository import validate_name
 
 GadBaseMethod = Literal[
     "saliency", "deconvolution", "gradient_times_input", "guided_backprop", "integrated_gradients"
 ]
-_BASE_COST = {
-    "saliency": 2,
-    "deconvolution": 2,
-    "gradient_times_input": 2,
-    "guided_backprop": 2,
-}
+DEFAULT_ALPHAS: tuple[float, ...] = (2.0, 4.0, 6.0, 8.0)
+"""The support models' α schedule when ``FitGad`` names none (Section 6)."""
 _RS_PASSES = 6  # three occlusions (M_GAD, M_Orig, M_Orig − M_GAD), two images each
 
 
@@ -94,29 +84,19 @@ class GadParams:
 
 
 def base_params(params: GadParams) -> Any:
-    """The base method's own parameters (its defaults; ``steps`` for integrated gradients)."""
-    if params.base_method == "saliency":
-        return SaliencyParams()
-    if params.base_method == "deconvolution":
-        return DeconvolutionParams()
-    if params.base_method == "gradient_times_input":
-        return GradientTimesInputParams()
-    if params.base_method == "guided_backprop":
-        return GuidedBackpropParams()
-    if params.base_method == "integrated_gradients":
-        return IntegratedGradientsParams(steps=params.steps)
-    raise InvalidInput(f"gad.base_method {params.base_method!r} is unknown")
-
-
-def _base_cost(params: GadParams) -> int:
-    return _BASE_COST.get(params.base_method, 2 * params.steps + 2)
+    """The base method's own parameters, built from its registered parameter type: its
+    defaults, with ``steps`` passed on to a base that has it (integrated gradients)."""
+    spec = get_method(params.base_method)
+    names = {f.name for f in dataclasses.fields(spec.params_type)}
+    return spec.params_type(**({"steps": params.steps} if "steps" in names else {}))
 
 
 def _cost(params: GadParams, size: tuple[int, int]) -> int:
-    """Forward passes: the base method on the original and on the support models (assumed to
-    be the default schedule's four; the parameters do not say how many the set holds), plus
-    the occlusions of Eq. 2."""
-    return (1 + len(DEFAULT_ALPHAS)) * _base_cost(params) + _RS_PASSES
+    """Forward passes: the base method's registered cost on the original and on the support
+    models (assumed to be the default schedule's four; the parameters do not say how many the
+    set holds), plus the occlusions of Eq. 2."""
+    base = int(get_method(params.base_method).cost(base_params(params), size))
+    return (1 + len(DEFAULT_ALPHAS)) * base + _RS_PASSES
 
 
 # ---------------------------------------------------------------------------------------------
@@ -197,4 +177,4 @@ def gad(model: WhiteBoxModel, image: np.ndarray, target: Target, params: GadPara
     )
 
 
-__all__ = ["GadParams", "base_params", "gad", "gad_filter", "importance"]
+__all__ = ["DEFAULT_ALPHAS", "GadParams", "base_params", "gad", "gad_filter", "importance"]

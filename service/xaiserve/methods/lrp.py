@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.fx
 from torch import nn
 from zennit.canonizers import NamedMergeBatchNorm, SequentialMergeBatchNorm
 from zennit.torchvision import ResNetBasicBlockCanonizer, ResNetBottleneckCanonizer
@@ -32,11 +33,6 @@ from xaiserve.methods.lrp_composites import (
     build_composite,
     layer_order,
 )
-
-try:  # the ONNX→PyTorch converter (a sibling module; optional for torchvision modules)
-    from xaiserve.runtime import onnx_to_torch as _converter
-except ImportError:  # pragma: no cover - only while the converter is absent
-    _converter = None  # type: ignore[assignment]
 
 DEFAULT_COMPOSITE = "epsilon_plus_flat"
 
@@ -80,12 +76,32 @@ class LrpParams:
 # canonizers
 
 
-def _batchnorm_pairs(module: nn.Module) -> list[tuple[str, str]]:
-    if _converter is None or not hasattr(_converter, "batchnorm_pairs"):
-        return []
-    if not isinstance(module, torch.fx.GraphModule):
-        return []
-    return list(_converter.batchnorm_pairs(module))
+def batchnorm_pairs(module: nn.Module) -> list[tuple[str, str]]:
+    """(name of a Conv2d/Linear submodule, name of the BatchNorm2d that directly consumes its
+    output and nothing else), so zennit's MergeBatchNorm canonizer can merge them.
+
+    Works on modules from :func:`xaiserve.runtime.onnx_to_torch.convert_onnx` (and any
+    module ``torch.fx.symbolic_trace`` can trace). The conv/linear output must feed only the
+    batch norm. Conv1d/Conv3d and BatchNorm1d/3d pairs are found too. For zennit use
+    ``NamedMergeBatchNorm([((conv,), bn) for conv, bn in batchnorm_pairs(m)])``.
+    """
+    graph_module = module if isinstance(module, torch.fx.GraphModule) else None
+    if graph_module is None:
+        graph_module = torch.fx.symbolic_trace(module)
+    modules = dict(graph_module.named_modules())
+    pairs: list[tuple[str, str]] = []
+    for node in graph_module.graph.nodes:
+        if node.op != "call_module" or not isinstance(
+            modules.get(node.target), (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
+        ):
+            continue
+        users = list(node.users)
+        if len(users) != 1 or users[0].op != "call_module":
+            continue
+        consumer = modules.get(users[0].target)
+        if isinstance(consumer, nn.modules.batchnorm._BatchNorm) and users[0].args[:1] == (node,):
+            pairs.append((str(node.target), str(users[0].target)))
+    return pairs
 
 
 def canonizers_for(module: nn.Module, merge_batchnorm: bool) -> list[Any]:
@@ -99,7 +115,7 @@ def canonizers_for(module: nn.Module, merge_batchnorm: bool) -> list[Any]:
     """
     canonizers: list[Any] = []
     if merge_batchnorm:
-        pairs = _batchnorm_pairs(module)
+        pairs = batchnorm_pairs(module) if isinstance(module, torch.fx.GraphModule) else []
         if pairs:
             canonizers.append(NamedMergeBatchNorm([((lin,), bn) for lin, bn in pairs]))
         else:

@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import dataclasses
 import weakref
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -339,9 +339,3 @@ def build_composite(
     if spec.exact:
         settings = dataclasses.replace(settings, stabilizer=Z_GUARD)
     return RuleComposite(rule_for, settings, canonizers)
-
-
-def iter_composites() -> Iterator[tuple[str, str]]:
-    """``(name, description)`` of every named composite."""
-    for name, spec in COMPOSITES.items():
-        yield name, spec.description

@@ -32,13 +32,6 @@ DEFAULT_LAPLACE_TRAIN_SIZE = 100_000
 """``N`` of the Laplace correction (Zintgraf et al.'s ImageNet value)."""
 
 
-def check_evidence(name: str, field: str = "evidence") -> Evidence:
-    """``name`` if it is a known evidence function, else :class:`InvalidInput` naming ``field``."""
-    if name not in EVIDENCES:
-        raise InvalidInput(f"{field} {name!r} is unknown; choose one of {', '.join(EVIDENCES)}")
-    return name  # type: ignore[return-value]
-
-
 def laplace_correction(p: np.ndarray, num_classes: int, train_size: int) -> np.ndarray:
     """``(p·N + 1) / (N + K)``: Robnik-Šikonja & Kononenko's Laplace correction."""
     return (np.asarray(p, dtype=np.float64) * train_size + 1.0) / (train_size + num_classes)

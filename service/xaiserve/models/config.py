@@ -11,25 +11,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, cast
 
+from xaiserve.contracts.input import InputConfig
+
 CONFIG_FILE = "config.toml"
 MODEL_FILE = "model.onnx"
 
 
 class ConfigError(ValueError):
     """A model folder whose configuration is missing or invalid."""
-
-
-@dataclass(frozen=True)
-class InputConfig:
-    height: int
-    width: int
-    name: str = ""
-    layout: Literal["NCHW", "NHWC"] = "NCHW"
-    channel_order: Literal["RGB", "BGR"] = "RGB"
-    resize: Literal["stretch", "center_crop"] = "stretch"
-    value_range: tuple[float, float] = (0.0, 1.0)
-    mean: tuple[float, float, float] = (0.0, 0.0, 0.0)
-    std: tuple[float, float, float] = (1.0, 1.0, 1.0)
 
 
 @dataclass(frozen=True)
@@ -97,6 +86,14 @@ def parse_config(raw: dict[str, Any], where: str) -> ModelConfig:
         },
         "input.",
     )
+    value_range = cast(Any, r.floats(inp, "input.value_range", 2, (0.0, 1.0)))
+    if value_range[0] >= value_range[1]:
+        r.fail("input.value_range", "must be [low, high] with low < high")
+    std = cast(Any, r.floats(inp, "input.std", 3, (1.0, 1.0, 1.0)))
+    if any(s <= 0 for s in std):
+        r.fail("input.std", "every value must be positive")
+    # Every field is checked above (naming the file and field), so building the validated
+    # InputConfig (which is the model's Preprocessing) cannot fail here.
     input_cfg = InputConfig(
         height=r.positive_int(inp, "input.height"),
         width=r.positive_int(inp, "input.width"),
@@ -104,14 +101,10 @@ def parse_config(raw: dict[str, Any], where: str) -> ModelConfig:
         layout=cast(Any, r.choice(inp, "input.layout", ("NCHW", "NHWC"), "NCHW")),
         channel_order=cast(Any, r.choice(inp, "input.channel_order", ("RGB", "BGR"), "RGB")),
         resize=cast(Any, r.choice(inp, "input.resize", ("stretch", "center_crop"), "stretch")),
-        value_range=cast(Any, r.floats(inp, "input.value_range", 2, (0.0, 1.0))),
+        value_range=value_range,
         mean=cast(Any, r.floats(inp, "input.mean", 3, (0.0, 0.0, 0.0))),
-        std=cast(Any, r.floats(inp, "input.std", 3, (1.0, 1.0, 1.0))),
+        std=std,
     )
-    if input_cfg.value_range[0] >= input_cfg.value_range[1]:
-        r.fail("input.value_range", "must be [low, high] with low < high")
-    if any(s <= 0 for s in input_cfg.std):
-        r.fail("input.std", "every value must be positive")
     out = r.table("output", required=True)
     r.no_unknown(out, {"kind", "labels"}, "output.")
     labels: Any = out.get("labels")

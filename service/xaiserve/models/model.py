@@ -15,7 +15,7 @@ import importlib
 import logging
 import threading
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from pathlib import Path
@@ -23,9 +23,11 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
+from xaiserve.contracts.images import ImageBatch, OutputSpace
+from xaiserve.contracts.input import InputConfig
+from xaiserve.contracts.models import TorchBackend
 from xaiserve.errors import FailedPrecondition, Unimplemented
 from xaiserve.imaging.preprocess import to_network_input
-from xaiserve.methods.base import ImageBatch, MethodSpec, OutputSpace, TorchBackend
 from xaiserve.models.config import ModelConfig
 from xaiserve.runtime import context
 from xaiserve.runtime.batcher import DynamicBatcher
@@ -146,8 +148,20 @@ class Model:
             names.append("torch")
         return names
 
-    def supports(self, spec: MethodSpec) -> bool:
-        return spec.backend == "blackbox" or "torch" in self.backends
+    def supports(self, backend: str) -> bool:
+        """Whether this version can run on ``backend`` (``"onnx"`` or ``"torch"``; a method's
+        :attr:`~xaiserve.methods.base.MethodSpec.model_backend`)."""
+        return backend in self.backends
+
+    @property
+    def preprocessing(self) -> InputConfig:
+        """The model's input grid and preprocessing, validated when its config was loaded."""
+        return self.config.input
+
+    @property
+    def torch_copies(self) -> int:
+        """How many module copies a torch pool of this version may hold (≥ 1)."""
+        return max(1, self._torch_copies)
 
     def _torch_available(self) -> bool:
         try:
@@ -170,21 +184,23 @@ class Model:
     def _pool(self) -> Any:
         with self._torch_lock:
             if self._torch_pool is None:
-                if not self._torch_available():
-                    raise Unimplemented("white-box methods need the torch backend, not installed")
                 from xaiserve.runtime.torch_backend import TorchModelPool
 
-                cfg = self.config.input
                 self._torch_pool = TorchModelPool(
-                    self._guarded(self._module_factory()),
-                    layout=cfg.layout,
-                    channel_order=cfg.channel_order,
-                    value_range=cfg.value_range,
-                    mean=cfg.mean,
-                    std=cfg.std,
-                    copies=self._torch_copies,
+                    self.torch_module_factory(), self.preprocessing, copies=self.torch_copies
                 )
             return self._torch_pool
+
+    def torch_module_factory(self) -> Callable[[], torch.nn.Module]:
+        """A function building a fresh eval-mode PyTorch module of this version (the ONNX graph
+        rebuilt in PyTorch, or the operator's registered module with its weights) on the CPU.
+
+        For callers that need their own copy (GAD fitting trains one; support sets load other
+        weights into one). A module that cannot be built raises :class:`FailedPrecondition`.
+        """
+        if not self._torch_available():
+            raise Unimplemented("white-box methods need the torch backend, not installed")
+        return self._guarded(self._module_factory())
 
     def _guarded(self, factory: Callable[[], torch.nn.Module]) -> Callable[[], torch.nn.Module]:
         """Building the module can fail (unsupported operator, weights refused by
@@ -239,18 +255,6 @@ def _wait(fut: Future[np.ndarray], ctx: context.RequestContext) -> np.ndarray:
             return fut.result(timeout=timeout)
         except FutureTimeout:
             ctx.check()
-
-
-def iter_chunks(images: Iterable[np.ndarray], size: int) -> Iterator[np.ndarray]:
-    """Re-chunk single images into arrays of ``size`` (helper for callers)."""
-    buf: list[np.ndarray] = []
-    for img in images:
-        buf.append(img)
-        if len(buf) == size:
-            yield np.stack(buf)
-            buf = []
-    if buf:
-        yield np.stack(buf)
 
 
 __all__ = ["Model", "softmax"]

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import re
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +17,8 @@ from pathlib import Path
 import numpy as np
 
 from xaiserve.config import Settings
-from xaiserve.errors import InvalidInput, ModelNotFound, Unavailable
+from xaiserve.contracts.names import validate_name
+from xaiserve.errors import ModelNotFound, Unavailable
 from xaiserve.imaging.preprocess import to_network_input
 from xaiserve.models.config import CONFIG_FILE, MODEL_FILE, ModelConfig, load_config
 from xaiserve.models.model import Model
@@ -27,29 +27,6 @@ from xaiserve.runtime.batcher import DynamicBatcher, ImageBudget
 from xaiserve.runtime.onnx_session import OnnxSession
 
 log = logging.getLogger(__name__)
-
-MAX_NAME_LENGTH = 128
-_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
-
-
-def validate_name(value: str, field_name: str) -> str:
-    """Refuse names that could address anything outside the repository.
-
-    Allowed: letters, digits, ``.``, ``_``, ``-``, starting with a letter or digit, at most 128
-    characters. So ``../etc``, ``a/../b``, ``/etc/passwd``, ``..``, NUL and over-long names are
-    INVALID_ARGUMENT, while an odd but valid name such as ``model..1`` reaches NOT_FOUND.
-    """
-    if len(value) > MAX_NAME_LENGTH:
-        raise InvalidInput(
-            f"{field_name} is {len(value)} characters long; the limit is {MAX_NAME_LENGTH}"
-        )
-    if not _NAME.fullmatch(value):
-        raise InvalidInput(
-            f"{field_name} {value[:64]!r} is not a valid name: use letters, digits, '.', '_' "
-            "and '-', starting with a letter or digit"
-        )
-    return value
-
 
 def version_key(version: str) -> tuple[int, int | str]:
     return (1, int(version)) if version.isdigit() else (0, version)

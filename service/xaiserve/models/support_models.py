@@ -1,5 +1,5 @@
 """Support sets as models: the support regression networks of a fitted GAD support set, each
-presented as a :class:`~xaiserve.methods.base.WhiteBoxModel` so gradient methods run on them
+presented as a :class:`~xaiserve.contracts.models.WhiteBoxModel` so gradient methods run on them
 unchanged (Mazini Rodrigues et al., Sections 4.2–4.3).
 
 ``Model.support_set(id)`` loads a set once per model version and keeps it while the ``Model``
@@ -18,14 +18,14 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
+from xaiserve.contracts.images import ImageBatch, OutputSpace
+from xaiserve.contracts.models import TorchBackend
 from xaiserve.errors import FailedPrecondition
-from xaiserve.methods.base import ImageBatch, OutputSpace, TorchBackend
 from xaiserve.models.model import Model, softmax
 from xaiserve.models.support_sets import (
     SupportSetRecord,
     SupportSetStore,
     logit_module,
-    model_preprocessing,
     support_module_factory,
 )
 from xaiserve.runtime.torch_backend import TorchModelPool
@@ -103,8 +103,7 @@ def load_support_set(model: Model, set_id: str) -> LoadedSupportSet:
             f"support set {set_id!r} was fitted on another model file "
             f"(sha256 {record.model_sha256[:12]}…, this version has {model.sha256[:12]}…)"
         )
-    prep = model_preprocessing(model.config.input)
-    copies = max(1, int(getattr(model, "_torch_copies", 2)))
+    prep, copies = model.preprocessing, model.torch_copies
 
     def pool(factory: Any) -> TorchModelPool:
         return TorchModelPool(factory, prep, copies=copies)
@@ -112,7 +111,7 @@ def load_support_set(model: Model, set_id: str) -> LoadedSupportSet:
     size, n = model.input_size, model.num_classes
     original = None
     if model.output_kind == "probabilities":
-        build = model._module_factory()
+        build = model.torch_module_factory()
         original = SupportModel(size, n, pool(lambda: logit_module(build(), "probabilities")), None)
     supports = [
         SupportModel(size, n, pool(support_module_factory(model, store, record, a)), a)
@@ -121,9 +120,3 @@ def load_support_set(model: Model, set_id: str) -> LoadedSupportSet:
     loaded = LoadedSupportSet(record, original, supports)
     with _CACHE_LOCK:
         return _CACHE.setdefault(model, {}).setdefault(set_id, loaded)
-
-
-def forget_support_sets(model: Model) -> None:
-    """Drop the cached support sets of ``model`` (e.g. after deleting a set's folder)."""
-    with _CACHE_LOCK:
-        _CACHE.pop(model, None)

@@ -41,16 +41,14 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from xaiserve import __version__
+from xaiserve.contracts.names import validate_name
 from xaiserve.errors import FailedPrecondition, InvalidInput, NotFound
-from xaiserve.models.repository import validate_name
 
 if TYPE_CHECKING:
     import torch
     from torch import nn
 
-    from xaiserve.models.config import InputConfig
     from xaiserve.models.model import Model
-    from xaiserve.runtime.torch_backend import Preprocessing
 
 SUPPORT_SETS_DIR = "support_sets"
 RECORD_FILE = "record.json"
@@ -306,21 +304,6 @@ def _id_key(set_id: str) -> tuple[int, int, int]:
 # modules
 
 
-def model_preprocessing(cfg: InputConfig) -> Preprocessing:
-    """The model's input preprocessing as :class:`~xaiserve.runtime.torch_backend.Preprocessing`
-    (what :meth:`xaiserve.models.model.Model.torch_backend` uses)."""
-    from xaiserve.runtime.torch_backend import Preprocessing
-
-    lo, hi = (float(v) for v in cfg.value_range)
-    return Preprocessing(
-        layout=cfg.layout,
-        channel_order=cfg.channel_order,
-        value_range=(lo, hi),
-        mean=tuple(float(m) for m in cfg.mean),
-        std=tuple(float(s) for s in cfg.std),
-    )
-
-
 def logit_module(module: nn.Module, output_kind: str) -> nn.Module:
     """The network with a linear output: "we replace the Softmax activation with a Linear one"
     (Section 4.2). Logit models are returned as they are; for probability models a final
@@ -367,7 +350,7 @@ def support_module_factory(
 ) -> Callable[[], nn.Module]:
     """Build the support model of ``α``: a fresh module from the model's module factory, made
     linear-output (:func:`logit_module`), with the saved state dict loaded (strict)."""
-    build = model._module_factory()
+    build = model.torch_module_factory()
     kind = model.output_kind  # the closure must not keep the Model alive (gad's cache)
 
     def make() -> nn.Module:
@@ -387,7 +370,6 @@ __all__ = [
     "alpha_filename",
     "dataset_sha256",
     "logit_module",
-    "model_preprocessing",
     "support_module_factory",
     "support_set_id",
 ]

@@ -113,10 +113,6 @@ class DynamicBatcher:
         )
         self._thread.start()
 
-    @property
-    def queued_images(self) -> int:
-        return self._pending
-
     def submit(self, x: np.ndarray, ctx: RequestContext) -> Future[np.ndarray]:
         """Queue ``x`` (≤ max_batch_size network inputs); the future holds its outputs."""
         n = len(x)
@@ -131,6 +127,7 @@ class DynamicBatcher:
                     f"server busy: {self.budget.used} images queued (max_queued_images="
                     f"{self.budget.capacity}); retry later with backoff",
                     reason="queue_full",
+                    counted=True,
                 )
             ctx.has_queued_work = True
         else:

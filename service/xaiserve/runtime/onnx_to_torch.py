@@ -14,7 +14,7 @@ module walks the ONNX graph once, in topological order, and:
 * hands every other node to a per-operator builder (:mod:`.onnx_ops`) that adds real layers to
   a ``torch.fx.Graph`` via ``call_module``.
 
-Public API: :func:`convert_onnx`, :func:`batchnorm_pairs`, :class:`UnsupportedOperator`.
+Public API: :func:`convert_onnx`, :class:`UnsupportedOperator`.
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ from xaiserve.runtime.onnx_ops import (
     supported_operators,
 )
 
-__all__ = ["UnsupportedOperator", "batchnorm_pairs", "convert_onnx", "supported_operators"]
+__all__ = ["UnsupportedOperator", "convert_onnx", "supported_operators"]
 
 _RANDOM_OPS = frozenset(
     {"RandomNormal", "RandomNormalLike", "RandomUniform", "RandomUniformLike", "Multinomial"}
@@ -63,34 +63,6 @@ def convert_onnx(model: onnx.ModelProto | str | os.PathLike[str]) -> torch.fx.Gr
     """
     proto = model if isinstance(model, onnx.ModelProto) else onnx.load(os.fspath(model))
     return _Converter(proto).run()
-
-
-def batchnorm_pairs(module: nn.Module) -> list[tuple[str, str]]:
-    """(name of a Conv2d/Linear submodule, name of the BatchNorm2d that directly consumes its
-    output and nothing else), so zennit's MergeBatchNorm canonizer can merge them.
-
-    Works on modules from :func:`convert_onnx` (and any module ``torch.fx.symbolic_trace`` can
-    trace). The conv/linear output must feed only the batch norm. Conv1d/Conv3d and
-    BatchNorm1d/3d pairs are found too. For zennit use
-    ``NamedMergeBatchNorm([((conv,), bn) for conv, bn in batchnorm_pairs(m)])``.
-    """
-    graph_module = module if isinstance(module, torch.fx.GraphModule) else None
-    if graph_module is None:
-        graph_module = torch.fx.symbolic_trace(module)
-    modules = dict(graph_module.named_modules())
-    pairs: list[tuple[str, str]] = []
-    for node in graph_module.graph.nodes:
-        if node.op != "call_module" or not isinstance(
-            modules.get(node.target), (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
-        ):
-            continue
-        users = list(node.users)
-        if len(users) != 1 or users[0].op != "call_module":
-            continue
-        consumer = modules.get(users[0].target)
-        if isinstance(consumer, nn.modules.batchnorm._BatchNorm) and users[0].args[:1] == (node,):
-            pairs.append((str(node.target), str(users[0].target)))
-    return pairs
 
 
 # --------------------------------------------------------------------------------------------

@@ -21,20 +21,16 @@ import copy
 import logging
 import threading
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
-from typing import Literal
 
 import numpy as np
 import torch
 from torch import nn
 
+from xaiserve.contracts.input import ChannelOrder, Layout, Preprocessing
 from xaiserve.errors import InvalidInput, Overloaded
 from xaiserve.runtime import context as request_context
 
 log = logging.getLogger(__name__)
-
-Layout = Literal["NCHW", "NHWC"]
-ChannelOrder = Literal["RGB", "BGR"]
 
 _HOOK_DICTS = (
     "_forward_hooks",
@@ -44,47 +40,13 @@ _HOOK_DICTS = (
 )
 
 
-@dataclass(frozen=True)
-class Preprocessing:
-    """How image-space pixels (RGB, 0..255) become the module's input tensor.
-
-    Pixel ``p`` maps linearly onto ``value_range``: ``v = lo + (hi - lo) * p / 255``; then the
-    channels are put in ``channel_order`` and normalised per channel, ``(v - mean[c]) / std[c]``
-    (``mean``/``std`` given in the model's channel order); finally the tensor takes ``layout``.
-    """
-
-    layout: Layout = "NCHW"
-    channel_order: ChannelOrder = "RGB"
-    value_range: tuple[float, float] = (0.0, 1.0)
-    mean: tuple[float, ...] = (0.0, 0.0, 0.0)
-    std: tuple[float, ...] = (1.0, 1.0, 1.0)
-
-    def __post_init__(self) -> None:
-        if self.layout not in ("NCHW", "NHWC"):
-            raise InvalidInput(f"layout {self.layout!r} is unknown; choose NCHW or NHWC")
-        if self.channel_order not in ("RGB", "BGR"):
-            raise InvalidInput(f"channel_order {self.channel_order!r}: choose RGB or BGR")
-        if len(self.mean) != 3 or len(self.std) != 3:
-            raise InvalidInput("mean and std need one value per colour channel (3)")
-        if any(s <= 0 for s in self.std):
-            raise InvalidInput("std values must be positive")
-        lo, hi = self.value_range
-        if not hi > lo:
-            raise InvalidInput(f"value_range {self.value_range!r} must be increasing")
-
-    @property
-    def channel_axis(self) -> int:
-        """Axis of the colour channels in the module's input tensor."""
-        return 1 if self.layout == "NCHW" else 3
-
-
 def default_device() -> torch.device:
     """CUDA when available, else the CPU."""
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 class TorchLease:
-    """One module copy lent to one holder; satisfies :class:`xaiserve.methods.base.TorchBackend`."""
+    """One module copy lent to one holder; satisfies :class:`xaiserve.contracts.models.TorchBackend`."""
 
     def __init__(self, module: nn.Module, device: torch.device, prep: Preprocessing) -> None:
         self._module = module

@@ -1,0 +1,122 @@
+"""``score``: MoRF/LeRF/AOPC of a heatmap (supplied or computed), with localisation against a
+mask, complexity and the convex-hull RC/RS (see :mod:`xaiserve.evaluation`)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from xaiserve.core.methods import ResolvedMethod, check_cost, resolve_method, with_seed
+from xaiserve.core.predict import load_image
+from xaiserve.core.services import Services
+from xaiserve.core.targets import probabilities, resolve_target
+from xaiserve.core.types import ClassRef, ClassScore, MethodChoice, Provenance, Timings
+from xaiserve.errors import InvalidInput
+from xaiserve.evaluation.complexity import ComplexityResult, complexity
+from xaiserve.evaluation.convex_hull import ConvexHullResult, convex_hull_scores
+from xaiserve.evaluation.localisation import LocalisationResult, localisation
+from xaiserve.evaluation.morf import MorfParams, MorfResult, morf_cost, region_perturbation
+from xaiserve.imaging.decode import ImageInput, RawTensor, decode_map
+from xaiserve.methods.params import params_from_mapping, params_to_dict
+from xaiserve.runtime import context
+
+SUPPLIED = "supplied"
+"""The method name of a score whose heatmap the client supplied."""
+
+DEFAULT_HULL_KEEP = 0.5
+
+
+@dataclass(frozen=True)
+class ScoreInput:
+    """``heatmap`` (a map on the model's grid) or ``method`` (to compute one); ``mask`` is an
+    optional ground-truth object mask for localisation."""
+
+    model: str
+    version: str
+    image: ImageInput
+    target: ClassRef = field(default_factory=ClassRef)
+    heatmap: RawTensor | None = None
+    method: MethodChoice | None = None
+    morf: Mapping[str, Any] = field(default_factory=dict)
+    mask: RawTensor | None = None
+    hull_keep_fraction: float | None = None
+
+
+@dataclass(frozen=True)
+class ScoreResult:
+    morf: MorfResult
+    complexity: ComplexityResult
+    convex_hull: ConvexHullResult
+    localisation: LocalisationResult | None
+    target: ClassScore
+    heatmap: np.ndarray | None  # the computed heatmap (``None`` when the client supplied it)
+    forward_passes: int
+    timings: Timings
+    provenance: Provenance
+
+
+def morf_params(values: Mapping[str, Any]) -> MorfParams:
+    """The client's MoRF parameters, a seed drawn when it set none."""
+    params, _ = with_seed(params_from_mapping(MorfParams, dict(values), "morf."))
+    return params  # type: ignore[no-any-return]
+
+
+def score(services: Services, request: ScoreInput) -> ScoreResult:
+    ctx = context.current()
+    start = time.perf_counter()
+    model = services.repository.get(request.model, request.version)
+    params = morf_params(request.morf)
+    keep = DEFAULT_HULL_KEEP if request.hull_keep_fraction is None else request.hull_keep_fraction
+    if not 0.0 < keep <= 1.0:
+        raise InvalidInput(f"hull_keep_fraction {keep} must be in (0, 1]")
+    method: ResolvedMethod | None = None
+    if request.method is not None:
+        method = resolve_method(services, model, request.method)
+    else:
+        services.observe_method(SUPPLIED)
+    cost = (
+        morf_cost(params, model.input_size)
+        + 1
+        + (method.spec.cost(method.params, model.input_size) if method else 0)
+    )
+    check_cost(services.settings, cost, "scoring", "lower morf.steps or morf.repeats")
+    image, decode_s = load_image(services, model, request.image)
+    target, probs = resolve_target(model, image, request.target, None)
+    h, w = model.input_size
+    if request.heatmap is not None:
+        heatmap = decode_map(request.heatmap, h, w, "heatmap")
+    elif method is not None:
+        heatmap = np.asarray(
+            method.spec.explain(model, image, target, method.params).heatmap, np.float32
+        )
+        ctx.check()
+    else:
+        raise InvalidInput("set heatmap (a tensor on the model's grid) or method (to compute one)")
+    mask = decode_map(request.mask, h, w, "mask") > 0 if request.mask is not None else None
+    t1 = time.perf_counter()
+    curves = region_perturbation(model, image, heatmap, target.index, params)
+    hull = convex_hull_scores(model, image, heatmap, target.index, keep)
+    cx = complexity(heatmap)
+    method_s = time.perf_counter() - t1
+    probs = probabilities(model, image, probs)
+    parameters = {
+        "morf": params_to_dict(params),
+        **({"method": method.params_dict} if method else {}),
+    }
+    return ScoreResult(
+        morf=curves,
+        complexity=cx,
+        convex_hull=hull,
+        localisation=localisation(heatmap, mask) if mask is not None else None,
+        target=ClassScore.of(model, target.index, float(probs[target.index])),
+        heatmap=heatmap if method is not None else None,
+        forward_passes=ctx.forward_passes,
+        timings=Timings.since(start, decode_s, ctx, method_s),
+        provenance=Provenance.of(
+            model, method.spec.name if method else SUPPLIED, parameters, params.seed, "onnx"
+        ),
+    )
