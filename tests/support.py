@@ -136,3 +136,9 @@ def region_logit_model(
 def _num_outputs(model: onnx.ModelProto) -> int:
     dims = model.graph.output[0].type.tensor_type.shape.dim
     return int(dims[-1].dim_value) if dims and dims[-1].dim_value else 2
+
+
+def refines(fine: np.ndarray, coarse: np.ndarray) -> bool:
+    """Whether every region of label map ``fine`` lies inside one region of ``coarse``."""
+    pairs = np.unique(np.stack([np.ravel(fine), np.ravel(coarse)]), axis=1)
+    return len(np.unique(pairs[0])) == pairs.shape[1]

@@ -58,6 +58,9 @@ class Settings:
     auth_tokens_file: str = ""  # one bearer token per line; set → auth required
     operations_dir: str = ""  # where long-running operations persist ("" = in memory only)
     datasets_dir: str = ""  # server-side data-set folders for EvaluateDataset/FitGad ("" = none)
+    segmentation_cache_bytes: int = 256 * 1024 * 1024  # LRU bound of the label cache; 0 = off
+    segmentation_workers: int = 0  # threads that segment; 0 = half the cores (at least 1)
+    segmentation_device: str = "auto"  # auto | cpu | gpu (SLIC on CUDA; falls back to the CPU)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -92,9 +95,17 @@ class Settings:
             if getattr(self, name) < 1:
                 raise ValueError(f"setting {name} must be at least 1")
         if self.max_rpcs and self.max_rpcs < self.max_concurrent_requests:
-            raise ValueError("setting max_rpcs must be 0 (auto) or at least max_concurrent_requests")
+            raise ValueError(
+                "setting max_rpcs must be 0 (auto) or at least max_concurrent_requests"
+            )
         if not 0 <= self.port < 65536 or not 0 <= self.metrics_port < 65536:
             raise ValueError("ports must be within 0..65535")
+        if self.segmentation_cache_bytes < 0 or self.segmentation_workers < 0:
+            raise ValueError(
+                "settings segmentation_cache_bytes and segmentation_workers must not be negative"
+            )
+        if self.segmentation_device not in ("auto", "cpu", "gpu"):
+            raise ValueError("setting segmentation_device must be 'auto', 'cpu' or 'gpu'")
         if self.log_format not in ("json", "text"):
             raise ValueError("setting log_format must be 'json' or 'text'")
         if bool(self.tls_cert) != bool(self.tls_key):

@@ -151,6 +151,74 @@ class Metrics:
             namespace=NAMESPACE,
             registry=r,
         )
+        self.segmentation_cache_hits = Counter(
+            "segmentation_cache_hits",
+            "Segmentation products (superpixels, exact, prior, nested) served from the cache or "
+            "from a computation already running for another request.",
+            ["kind"],
+            namespace=NAMESPACE,
+            registry=r,
+        )
+        self.segmentation_cache_misses = Counter(
+            "segmentation_cache_misses",
+            "Segmentation products computed because the cache did not hold them.",
+            ["kind"],
+            namespace=NAMESPACE,
+            registry=r,
+        )
+        self.segmentation_cache_evictions = Counter(
+            "segmentation_cache_evictions",
+            "Cache entries evicted (least recently used) to stay within segmentation_cache_bytes.",
+            namespace=NAMESPACE,
+            registry=r,
+        )
+        self.segmentation_cache_bytes = Gauge(
+            "segmentation_cache_bytes",
+            "Bytes held by the segmentation cache.",
+            namespace=NAMESPACE,
+            registry=r,
+        )
+        self.segmentation_cache_entries = Gauge(
+            "segmentation_cache_entries",
+            "Entries held by the segmentation cache.",
+            namespace=NAMESPACE,
+            registry=r,
+        )
+        self.segmentation_seconds = Histogram(
+            "segmentation_seconds",
+            "Time to compute one segmentation product (cache misses only), by kind and device.",
+            ["kind", "device"],
+            namespace=NAMESPACE,
+            registry=r,
+            buckets=LATENCY_BUCKETS,
+        )
+        self.segmentation_queue_seconds = Histogram(
+            "segmentation_queue_seconds",
+            "Time a segmentation product waited for a worker of the segmentation pool.",
+            namespace=NAMESPACE,
+            registry=r,
+            buckets=LATENCY_BUCKETS,
+        )
+        self.segmentation_wait_seconds = Histogram(
+            "segmentation_wait_seconds",
+            "Time a request waited for a segmentation product that was not in the cache.",
+            namespace=NAMESPACE,
+            registry=r,
+            buckets=LATENCY_BUCKETS,
+        )
+        self.segmentation_dropped = Counter(
+            "segmentation_dropped",
+            "Queued segmentation products dropped unstarted: every request waiting for them "
+            "was cancelled or ran out of time.",
+            namespace=NAMESPACE,
+            registry=r,
+        )
+        self.segmentation_device_fallbacks = Counter(
+            "segmentation_device_fallbacks",
+            "Times GPU segmentation failed and the server moved segmentation to the CPU.",
+            namespace=NAMESPACE,
+            registry=r,
+        )
         self.operations = Gauge(
             "operations",
             "Long-running operations by kind and state.",

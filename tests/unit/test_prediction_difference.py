@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from xaiserve.errors import InvalidInput
-from xaiserve.imaging.exact_regions import boundary_prior, exact_superpixels
+from xaiserve.imaging.exact_regions import boundary_prior, exact_superpixels, nested_scales
 from xaiserve.methods.base import Explanation, Target, get_method
 from xaiserve.methods.params import params_from_mapping
 from xaiserve.methods.pixelwise_prediction_difference import (
@@ -152,13 +152,16 @@ def reference_algorithm_3(
 ) -> tuple[np.ndarray, list[np.ndarray]]:
     """Seo et al., Algorithm 3, literally: one forward pass per excluded region."""
     p = model.predict(x[None])[0, c]  # line 1
-    prior = boundary_prior(  # line 2
-        x, exact_superpixels(x, params.prior_segments, params.segmentation), params.bandwidth
-    )
+    finest = exact_superpixels(x, params.prior_segments, params.segmentation)
+    prior = boundary_prior(x, finest, params.bandwidth)  # line 2
+    nested = nested_scales(x, finest, params.scales) if params.segmentation.nested else None
     sigma = math.sqrt(params.sigma_squared)
     s_j = []
     for j in range(1, params.scales + 1):  # line 3
-        labels = exact_superpixels(x, 2**j, params.segmentation)  # line 4
+        # line 4 (with segmentation.nested: the scale merged from the prior's regions)
+        labels = (
+            exact_superpixels(x, 2**j, params.segmentation) if nested is None else nested[j - 1]
+        )
         s = np.zeros(x.shape[:2])
         for i in range(2**j):  # line 5
             region = labels == i
@@ -188,6 +191,12 @@ def reference_algorithm_3(
             "sigma_squared": 400.0,
             "segmentation": {"algorithm": "felzenszwalb"},
             "prior_segments": 64,
+        },
+        {"scales": 4, "segmentation": {"nested": True}, "clip_negative": False},
+        {
+            "scales": 3,
+            "segmentation": {"nested": True, "algorithm": "quickshift"},
+            "prior_segments": 32,
         },
     ],
 )

@@ -26,9 +26,11 @@ from prometheus_client import CollectorRegistry, start_http_server
 from xaiserve.api.interceptors import Admission, ServiceInterceptor, TokenAuthInterceptor
 from xaiserve.api.servicer import ExplainServicer
 from xaiserve.config import Settings
+from xaiserve.imaging.segmenter import Segmenter, install_segmenter, uninstall_segmenter
 from xaiserve.jobs.operations import OperationStore
 from xaiserve.models.repository import ModelRepository
 from xaiserve.observability import Metrics, configure_logging
+from xaiserve.runtime import context as rctx
 from xaiserve.runtime.batcher import ImageBudget
 from xaiserve.v1 import explain_pb2, explain_pb2_grpc
 
@@ -51,8 +53,10 @@ class XaiServer:
         operations: OperationStore,
         health_servicer: health.HealthServicer,
         admission: Admission,
+        segmenter: Segmenter,
     ) -> None:
         self.settings = settings
+        self.segmenter = segmenter
         self.grpc_server = grpc_server
         self.port = port
         self.metrics = metrics
@@ -108,6 +112,8 @@ class XaiServer:
         self.operations.shutdown(timeout=2.0)
         self.grpc_server.stop(grace=0.5).wait()
         self.repository.close()
+        uninstall_segmenter(self.segmenter)
+        self.segmenter.close()
         if self.metrics_http is not None:
             self.metrics_http.shutdown()
 
@@ -131,6 +137,14 @@ def create_server(
 ) -> tuple[XaiServer, int]:
     """Build, bind and start the server; returns it and the bound port (port 0 → a free one)."""
     metrics = Metrics(registry)
+    segmenter = Segmenter(
+        cache_bytes=settings.segmentation_cache_bytes,
+        workers=settings.segmentation_workers,
+        device=settings.segmentation_device,  # type: ignore[arg-type]  # validated by Settings
+        metrics=metrics,
+        scope=rctx.current,
+    )
+    install_segmenter(segmenter)
     admission = Admission(settings.max_concurrent_requests)
     interceptors: list[grpc.ServerInterceptor] = []
     if settings.auth_tokens_file:
@@ -179,7 +193,15 @@ def create_server(
         raise OSError(f"could not bind {address}")
     grpc_server.start()
     server = XaiServer(
-        settings, grpc_server, port, metrics, repository, operations, health_servicer, admission
+        settings,
+        grpc_server,
+        port,
+        metrics,
+        repository,
+        operations,
+        health_servicer,
+        admission,
+        segmenter,
     )
     if settings.metrics_port:
         httpd, _ = start_http_server(

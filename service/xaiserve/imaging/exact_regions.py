@@ -37,8 +37,10 @@ all six segmentations together) and tested against it.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import heapq
 import math
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -88,11 +90,35 @@ def merge_to_count(image: np.ndarray, labels: np.ndarray, n_regions: int) -> np.
 
     ``labels`` must be contiguous; returns contiguous labels. Step 2 of the module docstring.
     """
+    return merge_hierarchy(image, labels, (n_regions,))[n_regions]
+
+
+def merge_hierarchy(
+    image: np.ndarray, labels: np.ndarray, counts: Iterable[int]
+) -> dict[int, np.ndarray]:
+    """One greedy Ward agglomeration of ``labels``, recorded at every region count in ``counts``.
+
+    The merge of step 2 (smallest Ward cost ``|A|·|B| / (|A| + |B|) · ‖m_A − m_B‖²`` first) runs
+    once from the ``K`` regions of ``labels`` down to the smallest requested count; the label map
+    is taken whenever the number of regions reaches a requested count. The maps are nested: every
+    region at a coarser count is a union of regions at each finer one, which is what the nested
+    scales of Algorithm 3 use (segment once at ``2^8``, derive ``2^r … 2^1`` by merging).
+    Counts ``≥ K`` give ``labels`` themselves (renumbered contiguously); counts below 1 are
+    refused. Returns ``{count: contiguous int32 labels}``.
+    """
+    wanted = sorted({int(c) for c in counts}, reverse=True)
+    if not wanted or wanted[-1] < 1:
+        raise InvalidInput("merge counts must be at least 1")
     k = int(labels.max()) + 1
-    if k <= n_regions:
-        return relabel_contiguous(labels)
-    counts, means = region_means(image, labels)
-    sums = means * counts[:, None]
+    out: dict[int, np.ndarray] = {}
+    for c in wanted:
+        if c >= k:
+            out[c] = relabel_contiguous(labels)
+    wanted = [c for c in wanted if c < k]
+    if not wanted:
+        return out
+    counts_, means = region_means(image, labels)
+    sums = means * counts_[:, None]
     neighbours: list[set[int]] = [set() for _ in range(k)]
     for a, b in adjacent_pairs(labels).tolist():
         neighbours[a].add(b)
@@ -102,8 +128,17 @@ def merge_to_count(image: np.ndarray, labels: np.ndarray, n_regions: int) -> np.
     parent = list(range(k))
 
     def ward(a: int, b: int) -> float:
-        d = sums[a] / counts[a] - sums[b] / counts[b]
-        return float(counts[a] * counts[b] / (counts[a] + counts[b]) * (d @ d))
+        d = sums[a] / counts_[a] - sums[b] / counts_[b]
+        return float(counts_[a] * counts_[b] / (counts_[a] + counts_[b]) * (d @ d))
+
+    def snapshot() -> np.ndarray:
+        root = np.arange(k)
+        for i in range(k):
+            r = i
+            while parent[r] != r:
+                r = parent[r]
+            root[i] = r
+        return relabel_contiguous(root[labels])
 
     heap: list[tuple[float, int, int, int, int]] = []
     for a in range(k):
@@ -112,35 +147,50 @@ def merge_to_count(image: np.ndarray, labels: np.ndarray, n_regions: int) -> np.
                 heap.append((ward(a, b), a, b, 0, 0))
     heapq.heapify(heap)
     alive = k
-    while alive > n_regions:
-        if not heap:  # only possible for a disconnected adjacency graph
-            raise InvalidInput(f"cannot merge the segmentation down to {n_regions} regions")
-        _, a, b, va, vb = heapq.heappop(heap)
-        if not (active[a] and active[b]) or va != version[a] or vb != version[b]:
-            continue
-        counts[a] += counts[b]
-        sums[a] += sums[b]
-        active[b] = False
-        parent[b] = a
-        version[a] += 1
-        alive -= 1
-        for nb in neighbours[b]:
-            neighbours[nb].discard(b)
-            if nb != a:
-                neighbours[nb].add(a)
-                neighbours[a].add(nb)
-        neighbours[a].discard(b)
-        neighbours[b] = set()
-        for nb in neighbours[a]:
-            lo, hi = (a, nb) if a < nb else (nb, a)
-            heapq.heappush(heap, (ward(lo, hi), lo, hi, version[lo], version[hi]))
-    root = np.arange(k)
-    for i in range(k):
-        r = i
-        while parent[r] != r:
-            r = parent[r]
-        root[i] = r
-    return relabel_contiguous(root[labels])
+    for target in wanted:
+        while alive > target:
+            if not heap:  # only possible for a disconnected adjacency graph
+                raise InvalidInput(f"cannot merge the segmentation down to {target} regions")
+            _, a, b, va, vb = heapq.heappop(heap)
+            if not (active[a] and active[b]) or va != version[a] or vb != version[b]:
+                continue
+            counts_[a] += counts_[b]
+            sums[a] += sums[b]
+            active[b] = False
+            parent[b] = a
+            version[a] += 1
+            alive -= 1
+            for nb in neighbours[b]:
+                neighbours[nb].discard(b)
+                if nb != a:
+                    neighbours[nb].add(a)
+                    neighbours[a].add(nb)
+            neighbours[a].discard(b)
+            neighbours[b] = set()
+            for nb in neighbours[a]:
+                lo, hi = (a, nb) if a < nb else (nb, a)
+                heapq.heappush(heap, (ward(lo, hi), lo, hi, version[lo], version[hi]))
+        out[target] = snapshot()
+    return out
+
+
+def nested_scales(image: np.ndarray, finest: np.ndarray, scales: int) -> list[np.ndarray]:
+    """Label maps with exactly ``2^1 … 2^scales`` regions, all merged from ``finest``.
+
+    ``finest`` is the exact-count over-segmentation of the boundary prior (``2^8`` regions,
+    Algorithm 3 line 2); one Ward agglomeration (:func:`merge_hierarchy`) derives the coarser
+    scales from it, so each scale's regions are unions of the next finer scale's. One SLIC per
+    image instead of one per scale; ``finest`` must have at least ``2^scales`` regions.
+    """
+    k = int(finest.max()) + 1
+    if 2**scales > k:
+        raise InvalidInput(
+            f"nested scales need at least 2^{scales} = {2**scales} regions in the finest "
+            f"segmentation, which has {k}: raise prior_segments or lower scales"
+        )
+    counts = [2**j for j in range(1, scales + 1)]
+    maps = merge_hierarchy(image, finest, counts)
+    return [maps[c] for c in counts]
 
 
 def split_to_count(labels: np.ndarray, n_regions: int) -> np.ndarray:
@@ -164,28 +214,35 @@ def split_to_count(labels: np.ndarray, n_regions: int) -> np.ndarray:
 
 
 def exact_superpixels(
-    image: np.ndarray, n_regions: int, params: SegmentationParams | None = None
+    image: np.ndarray,
+    n_regions: int,
+    params: SegmentationParams | None = None,
+    segment: Callable[[SegmentationParams], np.ndarray] | None = None,
 ) -> np.ndarray:
     """Superpixels of ``image`` ``(H, W, 3)`` with exactly ``n_regions`` contiguous labels.
 
     ``params.n_segments`` is ignored (the count is ``n_regions``); the other parameters go to
     the chosen algorithm. See the module docstring for the over-segment/merge/split steps.
+    ``segment(params)`` runs one superpixel call on ``image`` (default
+    :func:`~xaiserve.imaging.segmentation.superpixels`; the segmenter passes its cached one).
     """
     params = params or SegmentationParams()
+    run = segment if segment is not None else functools.partial(superpixels, image)
+
     h, w = image.shape[:2]
     if n_regions < 1 or n_regions > h * w:
         raise InvalidInput(f"cannot cut a {h}×{w} image into {n_regions} regions")
     if params.algorithm == "slic":
         asked = 2 * n_regions
-        labels = superpixels(image, dataclasses.replace(params, n_segments=asked))
+        labels = run(dataclasses.replace(params, n_segments=asked))
         for _ in range(MAX_SLIC_TRIES - 1):
             got = int(labels.max()) + 1
             if got >= n_regions:
                 break
             asked = max(asked + 1, math.ceil(asked * n_regions / got))
-            labels = superpixels(image, dataclasses.replace(params, n_segments=asked))
+            labels = run(dataclasses.replace(params, n_segments=asked))
     else:
-        labels = superpixels(image, params)
+        labels = run(params)
     got = int(labels.max()) + 1
     if got > n_regions:
         labels = merge_to_count(image, labels, n_regions)

@@ -23,6 +23,12 @@ class SegmentationParams:
 
     ``n_segments`` applies to SLIC; ``scale``/``sigma``/``min_size`` to Felzenszwalb;
     ``kernel_size``/``max_dist``/``ratio`` to quickshift. ``compactness`` and ``sigma`` apply to SLIC.
+
+    ``nested`` applies to methods that segment at several scales (the regional prediction
+    difference): segment once at the finest scale (the boundary prior's ``2^8`` regions) and
+    derive the coarser scales by merging adjacent regions
+    (:func:`xaiserve.imaging.exact_regions.nested_scales`) instead of one independent
+    segmentation per scale (Seo et al.'s Algorithm 3, the default). Single-scale methods ignore it.
     """
 
     algorithm: Algorithm = "slic"
@@ -35,6 +41,7 @@ class SegmentationParams:
     max_dist: float = 6.0
     ratio: float = 0.5
     slic_zero: bool = True
+    nested: bool = False
 
     def __post_init__(self) -> None:
         if self.n_segments < 1:
@@ -43,6 +50,19 @@ class SegmentationParams:
             raise InvalidInput("segmentation.compactness must be positive")
         if self.sigma < 0:
             raise InvalidInput("segmentation.sigma must not be negative")
+
+    def algorithm_key(self, with_count: bool = True) -> tuple[object, ...]:
+        """The fields the chosen algorithm reads (a cache key: other fields cannot change labels).
+
+        ``with_count=False`` leaves out ``n_segments``, for callers that set the count themselves
+        (the exact-count segmentation). ``nested`` is not an algorithm parameter and never part of it.
+        """
+        if self.algorithm == "slic":
+            count = (self.n_segments,) if with_count else ()
+            return ("slic", *count, self.compactness, self.sigma, self.slic_zero)
+        if self.algorithm == "felzenszwalb":
+            return ("felzenszwalb", self.scale, self.sigma, self.min_size)
+        return (self.algorithm, self.kernel_size, self.max_dist, self.ratio, self.sigma)
 
 
 def superpixels(image: np.ndarray, params: SegmentationParams) -> np.ndarray:

@@ -49,7 +49,8 @@ import numpy as np
 
 from xaiserve.errors import InvalidInput
 from xaiserve.imaging.fills import Fill, check_fill, fill_image
-from xaiserve.imaging.segmentation import SegmentationParams, relabel_contiguous, superpixels
+from xaiserve.imaging.segmentation import SegmentationParams, relabel_contiguous
+from xaiserve.imaging.segmenter import Superpixels, shared_segmenter
 from xaiserve.methods.base import (
     BlackBoxModel,
     Explanation,
@@ -146,8 +147,13 @@ def cost(params: ContextualImportanceParams, size: tuple[int, int]) -> int:
 def contextual_importance(
     model: BlackBoxModel, image: np.ndarray, target: Target, params: ContextualImportanceParams
 ) -> Explanation:
-    """Algorithm 1 over superpixels of ``image`` (see the module docstring for the outputs)."""
-    segments = superpixels(np.asarray(image, dtype=np.float32), params.segmentation)
+    """Algorithm 1 over superpixels of ``image`` (see the module docstring for the outputs).
+
+    The superpixels come from the shared segmenter (:mod:`xaiserve.imaging.segmenter`): cached
+    by image content and parameters, computed in its bounded worker pool on a miss.
+    """
+    segmenter = shared_segmenter()
+    segments = segmenter.get(segmenter.image(image), Superpixels(params.segmentation))
     return contextual_importance_from_segments(model, image, segments, target, params)
 
 

@@ -7,10 +7,18 @@ the boundary prior at ``2^8`` regions (line 2, :func:`~xaiserve.imaging.exact_re
 boundary_prior`) and ``σ² = 10`` on the 0..255 scale. Every pixel ``q`` of region ``i`` gets
 ``s_q^j = max(0, g(p(c|x), p(c|x∖i)))`` (line 9) and the map is ``s = (1/r) Σ_j s^j`` (line 13).
 
+Segmentation: the prior and every scale are asked of the shared segmenter
+(:mod:`xaiserve.imaging.segmenter`) before the first forward pass, so they come from its cache
+when the image was segmented before (another target, method or request) and otherwise run in
+its bounded worker pool while this request's earlier scales and other requests' batches go
+through the model. By default every scale is its own exact-count segmentation, as in the paper;
+with ``segmentation.nested`` the scales are merged from the prior's ``2^8`` regions
+(:func:`~xaiserve.imaging.exact_regions.nested_scales`: one SLIC per image instead of six).
+
 Forward passes: the original image and the ``2^1 + … + 2^r`` exclusions (63 at ``r = 5``) go
-through ``model.predict`` as one lazily generated stream of chunks; the segmentation of scale
-``j`` runs inside that stream, so it overlaps the forward passes of scale ``j − 1`` when the
-model runs chunks concurrently. At most one chunk of perturbed images exists at a time.
+through ``model.predict`` as one lazily generated stream of chunks; scale ``j``'s exclusions
+are generated as soon as its labels are ready. At most one chunk of perturbed images exists at
+a time.
 
 Sampling is reproducible and order-independent: the noise of region ``i`` at scale ``j`` is
 drawn from ``numpy.random.default_rng([seed, j, i])`` as ``standard_normal((n_i, 3))`` for the
@@ -20,14 +28,21 @@ identical images. Samples are clipped to 0..255 (image space; the paper does not
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from xaiserve.errors import InvalidInput
-from xaiserve.imaging.exact_regions import BoundaryPrior, boundary_prior, exact_superpixels
+from xaiserve.imaging.exact_regions import BoundaryPrior
 from xaiserve.imaging.segmentation import SegmentationParams
+from xaiserve.imaging.segmenter import (
+    ExactRegions,
+    NestedScales,
+    Prior,
+    Ticket,
+    shared_segmenter,
+)
 from xaiserve.methods.base import BlackBoxModel, Explanation, Target, chunked, register_method
 from xaiserve.methods.prediction_difference import (
     DEFAULT_LAPLACE_TRAIN_SIZE,
@@ -46,7 +61,8 @@ class RegionalPredictionDifferenceParams:
     """Parameters of Algorithm 3 (field names as in the proto message of the same name).
 
     ``scales`` is the paper's ``r`` (regions ``2^1 … 2^r``); ``segmentation.n_segments`` is
-    ignored (set per scale). ``laplace_train_size`` is ``N`` of the Laplace correction of the
+    ignored (set per scale); ``segmentation.nested`` derives the scales from the prior's
+    ``prior_segments`` regions (which must then be at least ``2^r``). ``laplace_train_size`` is ``N`` of the Laplace correction of the
     logarithmic evidence functions (not in the proto yet).
     """
 
@@ -74,6 +90,11 @@ class RegionalPredictionDifferenceParams:
             raise InvalidInput("laplace_train_size must be at least 1")
         if self.seed < 0:
             raise InvalidInput("seed must not be negative")
+        if self.segmentation.nested and self.prior_segments < 2**self.scales:
+            raise InvalidInput(
+                f"segmentation.nested merges the {self.prior_segments} prior regions into the "
+                f"scales, so prior_segments must be at least 2^scales = {2**self.scales}"
+            )
 
 
 def cost(params: RegionalPredictionDifferenceParams, size: tuple[int, int]) -> int:
@@ -100,18 +121,54 @@ class _Stream:
     prior: BoundaryPrior | None = None
 
 
+@dataclass
+class _Segmentation:
+    """The request's claims on the shared segmenter: the prior, then the scales."""
+
+    prior: Ticket
+    scales: Sequence[Ticket]
+    nested: bool
+
+    def scale(self, j: int) -> np.ndarray:
+        if self.nested:
+            return self.scales[0].result()[j - 1]  # type: ignore[no-any-return]
+        return self.scales[j - 1].result()  # type: ignore[no-any-return]
+
+    def release(self) -> None:
+        self.prior.release()
+        for ticket in self.scales:
+            ticket.release()
+
+
+def _segment(image: np.ndarray, params: RegionalPredictionDifferenceParams) -> _Segmentation:
+    """Ask the segmenter for the prior and every scale (cache hits, or queued in its pool)."""
+    segmenter = shared_segmenter()
+    img = segmenter.image(image)
+    seg = params.segmentation
+    prior = segmenter.request(img, Prior(params.prior_segments, seg, params.bandwidth))
+    if seg.nested:
+        scales = [segmenter.request(img, NestedScales(params.prior_segments, params.scales, seg))]
+    else:
+        scales = [
+            segmenter.request(img, ExactRegions(2**j, seg)) for j in range(1, params.scales + 1)
+        ]
+    return _Segmentation(prior, scales, seg.nested)
+
+
 def _perturbations(
-    image: np.ndarray, params: RegionalPredictionDifferenceParams, state: _Stream
+    image: np.ndarray,
+    params: RegionalPredictionDifferenceParams,
+    segmentation: _Segmentation,
+    state: _Stream,
 ) -> Iterator[np.ndarray]:
     """Yield the original image, then the exclusion of every region of every scale."""
     yield image
-    prior_labels = exact_superpixels(image, params.prior_segments, params.segmentation)
-    state.prior = boundary_prior(image, prior_labels, params.bandwidth)
+    state.prior = segmentation.prior.result()
     mu = state.prior.mu
     sigma = float(np.sqrt(params.sigma_squared))
     flat_image = image.reshape(-1, 3)
     for j in range(1, params.scales + 1):
-        labels = exact_superpixels(image, 2**j, params.segmentation)
+        labels = segmentation.scale(j)
         state.labels.append(labels)
         flat = labels.ravel()
         order = np.argsort(flat, kind="stable")  # row-major pixel order within each region
@@ -183,9 +240,14 @@ def explain(
     if 2**params.scales > h * w or params.prior_segments > h * w:
         raise InvalidInput(f"a {h}×{w} image has too few pixels for the requested scales")
     state = _Stream()
-    probabilities = model.predict(
-        chunked(_perturbations(image, params, state), CHUNK_IMAGES), output="probabilities"
-    )
+    segmentation = _segment(image, params)
+    try:
+        probabilities = model.predict(
+            chunked(_perturbations(image, params, segmentation, state), CHUNK_IMAGES),
+            output="probabilities",
+        )
+    finally:
+        segmentation.release()
     expected = cost(params, (h, w))
     if probabilities.shape[0] != expected:
         raise RuntimeError(f"model returned {probabilities.shape[0]} rows for {expected} images")

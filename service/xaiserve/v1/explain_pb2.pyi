@@ -242,7 +242,7 @@ class MethodParams(_message.Message):
     def __init__(self, regional_prediction_difference: _Optional[_Union[RegionalPredictionDifferenceParams, _Mapping]] = ..., pixelwise_prediction_difference: _Optional[_Union[PixelwisePredictionDifferenceParams, _Mapping]] = ..., contextual_importance: _Optional[_Union[ContextualImportanceParams, _Mapping]] = ..., lrp: _Optional[_Union[LrpParams, _Mapping]] = ..., saliency: _Optional[_Union[SaliencyParams, _Mapping]] = ..., deconvolution: _Optional[_Union[DeconvolutionParams, _Mapping]] = ..., gradient_times_input: _Optional[_Union[GradientTimesInputParams, _Mapping]] = ..., guided_backprop: _Optional[_Union[GuidedBackpropParams, _Mapping]] = ..., integrated_gradients: _Optional[_Union[IntegratedGradientsParams, _Mapping]] = ..., smoothgrad: _Optional[_Union[SmoothGradParams, _Mapping]] = ..., gad: _Optional[_Union[GadParams, _Mapping]] = ...) -> None: ...
 
 class SegmentationParams(_message.Message):
-    __slots__ = ("algorithm", "n_segments", "compactness", "sigma", "scale", "min_size", "kernel_size", "max_dist", "ratio", "slic_zero")
+    __slots__ = ("algorithm", "n_segments", "compactness", "sigma", "scale", "min_size", "kernel_size", "max_dist", "ratio", "slic_zero", "nested")
     ALGORITHM_FIELD_NUMBER: _ClassVar[int]
     N_SEGMENTS_FIELD_NUMBER: _ClassVar[int]
     COMPACTNESS_FIELD_NUMBER: _ClassVar[int]
@@ -253,6 +253,7 @@ class SegmentationParams(_message.Message):
     MAX_DIST_FIELD_NUMBER: _ClassVar[int]
     RATIO_FIELD_NUMBER: _ClassVar[int]
     SLIC_ZERO_FIELD_NUMBER: _ClassVar[int]
+    NESTED_FIELD_NUMBER: _ClassVar[int]
     algorithm: str
     n_segments: int
     compactness: float
@@ -263,7 +264,8 @@ class SegmentationParams(_message.Message):
     max_dist: float
     ratio: float
     slic_zero: bool
-    def __init__(self, algorithm: _Optional[str] = ..., n_segments: _Optional[int] = ..., compactness: _Optional[float] = ..., sigma: _Optional[float] = ..., scale: _Optional[float] = ..., min_size: _Optional[int] = ..., kernel_size: _Optional[float] = ..., max_dist: _Optional[float] = ..., ratio: _Optional[float] = ..., slic_zero: _Optional[bool] = ...) -> None: ...
+    nested: bool
+    def __init__(self, algorithm: _Optional[str] = ..., n_segments: _Optional[int] = ..., compactness: _Optional[float] = ..., sigma: _Optional[float] = ..., scale: _Optional[float] = ..., min_size: _Optional[int] = ..., kernel_size: _Optional[float] = ..., max_dist: _Optional[float] = ..., ratio: _Optional[float] = ..., slic_zero: _Optional[bool] = ..., nested: _Optional[bool] = ...) -> None: ...
 
 class RegionalPredictionDifferenceParams(_message.Message):
     __slots__ = ("scales", "segmentation", "sigma_squared", "prior_segments", "evidence", "clip_negative", "seed", "return_scale_maps", "bandwidth", "laplace_train_size")
