@@ -117,8 +117,11 @@ def merge_hierarchy(
     wanted = [c for c in wanted if c < k]
     if not wanted:
         return out
-    counts_, means = region_means(image, labels)
-    sums = means * counts_[:, None]
+    counts_np, means = region_means(image, labels)
+    # plain Python floats: the loop does a few arithmetic operations per pair, where numpy's
+    # per-call overhead on 3-vectors cost ~10× more than the arithmetic
+    counts_: list[float] = counts_np.tolist()
+    sums: list[list[float]] = (means * counts_np[:, None]).tolist()
     neighbours: list[set[int]] = [set() for _ in range(k)]
     for a, b in adjacent_pairs(labels).tolist():
         neighbours[a].add(b)
@@ -128,8 +131,12 @@ def merge_hierarchy(
     parent = list(range(k))
 
     def ward(a: int, b: int) -> float:
-        d = sums[a] / counts_[a] - sums[b] / counts_[b]
-        return float(counts_[a] * counts_[b] / (counts_[a] + counts_[b]) * (d @ d))
+        na, nb = counts_[a], counts_[b]
+        sa, sb = sums[a], sums[b]
+        d0 = sa[0] / na - sb[0] / nb
+        d1 = sa[1] / na - sb[1] / nb
+        d2 = sa[2] / na - sb[2] / nb
+        return na * nb / (na + nb) * (d0 * d0 + d1 * d1 + d2 * d2)
 
     def snapshot() -> np.ndarray:
         root = np.arange(k)
@@ -155,7 +162,8 @@ def merge_hierarchy(
             if not (active[a] and active[b]) or va != version[a] or vb != version[b]:
                 continue
             counts_[a] += counts_[b]
-            sums[a] += sums[b]
+            sa, sb = sums[a], sums[b]
+            sums[a] = [sa[0] + sb[0], sa[1] + sb[1], sa[2] + sb[2]]
             active[b] = False
             parent[b] = a
             version[a] += 1
