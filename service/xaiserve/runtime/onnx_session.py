@@ -59,16 +59,26 @@ class OnnxSession:
     runtime = "onnxruntime"
 
     def __init__(
-        self, path: Path, input_name: str = "", providers: tuple[str, ...] = (), threads: int = 0
+        self,
+        path: Path,
+        input_name: str = "",
+        providers: tuple[str, ...] = (),
+        threads: int = 0,
+        model_bytes: bytes | None = None,
     ) -> None:
-        check_external_data(path)
+        """Serve the ONNX file at ``path``, or the serialized graph ``model_bytes`` (all data
+        inline, e.g. a randomised variant built in memory; ``path`` then only names it)."""
+        if model_bytes is None:
+            check_external_data(path)
         options = ort.SessionOptions()
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         options.add_session_config_entry("session.inter_op.allow_spinning", "0")
         options.intra_op_num_threads = threads
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         self.session = ort.InferenceSession(
-            str(path), sess_options=options, providers=choose_providers(providers)
+            str(path) if model_bytes is None else model_bytes,
+            sess_options=options,
+            providers=choose_providers(providers),
         )
         inputs = self.session.get_inputs()
         names = [i.name for i in inputs]

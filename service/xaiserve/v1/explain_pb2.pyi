@@ -480,7 +480,7 @@ class MorfParams(_message.Message):
     def __init__(self, window: _Optional[int] = ..., steps: _Optional[int] = ..., fill: _Optional[str] = ..., repeats: _Optional[int] = ..., seed: _Optional[int] = ..., lerf: _Optional[bool] = ..., random_baseline: _Optional[bool] = ...) -> None: ...
 
 class ScoreRequest(_message.Message):
-    __slots__ = ("model", "version", "image", "target", "heatmap", "method", "morf", "mask", "hull_keep_fraction")
+    __slots__ = ("model", "version", "image", "target", "heatmap", "method", "morf", "mask", "hull_keep_fraction", "randomisation")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     IMAGE_FIELD_NUMBER: _ClassVar[int]
@@ -490,6 +490,7 @@ class ScoreRequest(_message.Message):
     MORF_FIELD_NUMBER: _ClassVar[int]
     MASK_FIELD_NUMBER: _ClassVar[int]
     HULL_KEEP_FRACTION_FIELD_NUMBER: _ClassVar[int]
+    RANDOMISATION_FIELD_NUMBER: _ClassVar[int]
     model: str
     version: str
     image: Image
@@ -499,7 +500,54 @@ class ScoreRequest(_message.Message):
     morf: MorfParams
     mask: Tensor
     hull_keep_fraction: float
-    def __init__(self, model: _Optional[str] = ..., version: _Optional[str] = ..., image: _Optional[_Union[Image, _Mapping]] = ..., target: _Optional[_Union[ClassRef, _Mapping]] = ..., heatmap: _Optional[_Union[Tensor, _Mapping]] = ..., method: _Optional[_Union[MethodParams, _Mapping]] = ..., morf: _Optional[_Union[MorfParams, _Mapping]] = ..., mask: _Optional[_Union[Tensor, _Mapping]] = ..., hull_keep_fraction: _Optional[float] = ...) -> None: ...
+    randomisation: RandomisationOptions
+    def __init__(self, model: _Optional[str] = ..., version: _Optional[str] = ..., image: _Optional[_Union[Image, _Mapping]] = ..., target: _Optional[_Union[ClassRef, _Mapping]] = ..., heatmap: _Optional[_Union[Tensor, _Mapping]] = ..., method: _Optional[_Union[MethodParams, _Mapping]] = ..., morf: _Optional[_Union[MorfParams, _Mapping]] = ..., mask: _Optional[_Union[Tensor, _Mapping]] = ..., hull_keep_fraction: _Optional[float] = ..., randomisation: _Optional[_Union[RandomisationOptions, _Mapping]] = ...) -> None: ...
+
+class RandomisationOptions(_message.Message):
+    __slots__ = ("stops", "seed")
+    STOPS_FIELD_NUMBER: _ClassVar[int]
+    SEED_FIELD_NUMBER: _ClassVar[int]
+    stops: int
+    seed: int
+    def __init__(self, stops: _Optional[int] = ..., seed: _Optional[int] = ...) -> None: ...
+
+class RandomisationPoint(_message.Message):
+    __slots__ = ("depth", "layer", "spearman_abs", "spearman_signed", "ssim", "hog")
+    DEPTH_FIELD_NUMBER: _ClassVar[int]
+    LAYER_FIELD_NUMBER: _ClassVar[int]
+    SPEARMAN_ABS_FIELD_NUMBER: _ClassVar[int]
+    SPEARMAN_SIGNED_FIELD_NUMBER: _ClassVar[int]
+    SSIM_FIELD_NUMBER: _ClassVar[int]
+    HOG_FIELD_NUMBER: _ClassVar[int]
+    depth: int
+    layer: str
+    spearman_abs: float
+    spearman_signed: float
+    ssim: float
+    hog: float
+    def __init__(self, depth: _Optional[int] = ..., layer: _Optional[str] = ..., spearman_abs: _Optional[float] = ..., spearman_signed: _Optional[float] = ..., ssim: _Optional[float] = ..., hog: _Optional[float] = ...) -> None: ...
+
+class Randomisation(_message.Message):
+    __slots__ = ("method", "total_layers", "seed", "points", "summary", "full_randomisation", "distribution", "notes", "images")
+    METHOD_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_LAYERS_FIELD_NUMBER: _ClassVar[int]
+    SEED_FIELD_NUMBER: _ClassVar[int]
+    POINTS_FIELD_NUMBER: _ClassVar[int]
+    SUMMARY_FIELD_NUMBER: _ClassVar[int]
+    FULL_RANDOMISATION_FIELD_NUMBER: _ClassVar[int]
+    DISTRIBUTION_FIELD_NUMBER: _ClassVar[int]
+    NOTES_FIELD_NUMBER: _ClassVar[int]
+    IMAGES_FIELD_NUMBER: _ClassVar[int]
+    method: str
+    total_layers: int
+    seed: int
+    points: _containers.RepeatedCompositeFieldContainer[RandomisationPoint]
+    summary: float
+    full_randomisation: bool
+    distribution: str
+    notes: _containers.RepeatedScalarFieldContainer[str]
+    images: int
+    def __init__(self, method: _Optional[str] = ..., total_layers: _Optional[int] = ..., seed: _Optional[int] = ..., points: _Optional[_Iterable[_Union[RandomisationPoint, _Mapping]]] = ..., summary: _Optional[float] = ..., full_randomisation: _Optional[bool] = ..., distribution: _Optional[str] = ..., notes: _Optional[_Iterable[str]] = ..., images: _Optional[int] = ...) -> None: ...
 
 class Localisation(_message.Message):
     __slots__ = ("mu", "mu_weighted", "object_fraction", "thresholds", "precision", "recall", "f_measure")
@@ -536,7 +584,7 @@ class ConvexHull(_message.Message):
     def __init__(self, area_ratio: _Optional[float] = ..., sensitivity: _Optional[float] = ...) -> None: ...
 
 class ScoreResponse(_message.Message):
-    __slots__ = ("morf_curve", "lerf_curve", "random_curve", "aopc_morf", "aopc_lerf", "aopc_random", "aopc_morf_minus_random", "area_between_lerf_morf", "forward_passes", "timings", "heatmap", "localisation", "complexity", "convex_hull", "provenance", "target")
+    __slots__ = ("morf_curve", "lerf_curve", "random_curve", "aopc_morf", "aopc_lerf", "aopc_random", "aopc_morf_minus_random", "area_between_lerf_morf", "forward_passes", "timings", "heatmap", "localisation", "complexity", "convex_hull", "provenance", "target", "randomisation")
     MORF_CURVE_FIELD_NUMBER: _ClassVar[int]
     LERF_CURVE_FIELD_NUMBER: _ClassVar[int]
     RANDOM_CURVE_FIELD_NUMBER: _ClassVar[int]
@@ -553,6 +601,7 @@ class ScoreResponse(_message.Message):
     CONVEX_HULL_FIELD_NUMBER: _ClassVar[int]
     PROVENANCE_FIELD_NUMBER: _ClassVar[int]
     TARGET_FIELD_NUMBER: _ClassVar[int]
+    RANDOMISATION_FIELD_NUMBER: _ClassVar[int]
     morf_curve: _containers.RepeatedScalarFieldContainer[float]
     lerf_curve: _containers.RepeatedScalarFieldContainer[float]
     random_curve: _containers.RepeatedScalarFieldContainer[float]
@@ -569,7 +618,8 @@ class ScoreResponse(_message.Message):
     convex_hull: ConvexHull
     provenance: Provenance
     target: ClassScore
-    def __init__(self, morf_curve: _Optional[_Iterable[float]] = ..., lerf_curve: _Optional[_Iterable[float]] = ..., random_curve: _Optional[_Iterable[float]] = ..., aopc_morf: _Optional[float] = ..., aopc_lerf: _Optional[float] = ..., aopc_random: _Optional[float] = ..., aopc_morf_minus_random: _Optional[float] = ..., area_between_lerf_morf: _Optional[float] = ..., forward_passes: _Optional[int] = ..., timings: _Optional[_Union[Timings, _Mapping]] = ..., heatmap: _Optional[_Union[Tensor, _Mapping]] = ..., localisation: _Optional[_Union[Localisation, _Mapping]] = ..., complexity: _Optional[_Union[Complexity, _Mapping]] = ..., convex_hull: _Optional[_Union[ConvexHull, _Mapping]] = ..., provenance: _Optional[_Union[Provenance, _Mapping]] = ..., target: _Optional[_Union[ClassScore, _Mapping]] = ...) -> None: ...
+    randomisation: Randomisation
+    def __init__(self, morf_curve: _Optional[_Iterable[float]] = ..., lerf_curve: _Optional[_Iterable[float]] = ..., random_curve: _Optional[_Iterable[float]] = ..., aopc_morf: _Optional[float] = ..., aopc_lerf: _Optional[float] = ..., aopc_random: _Optional[float] = ..., aopc_morf_minus_random: _Optional[float] = ..., area_between_lerf_morf: _Optional[float] = ..., forward_passes: _Optional[int] = ..., timings: _Optional[_Union[Timings, _Mapping]] = ..., heatmap: _Optional[_Union[Tensor, _Mapping]] = ..., localisation: _Optional[_Union[Localisation, _Mapping]] = ..., complexity: _Optional[_Union[Complexity, _Mapping]] = ..., convex_hull: _Optional[_Union[ConvexHull, _Mapping]] = ..., provenance: _Optional[_Union[Provenance, _Mapping]] = ..., target: _Optional[_Union[ClassScore, _Mapping]] = ..., randomisation: _Optional[_Union[Randomisation, _Mapping]] = ...) -> None: ...
 
 class LabelledImage(_message.Message):
     __slots__ = ("image", "label", "mask", "name")
@@ -584,20 +634,22 @@ class LabelledImage(_message.Message):
     def __init__(self, image: _Optional[_Union[Image, _Mapping]] = ..., label: _Optional[_Union[ClassRef, _Mapping]] = ..., mask: _Optional[_Union[Tensor, _Mapping]] = ..., name: _Optional[str] = ...) -> None: ...
 
 class EvaluateDatasetConfig(_message.Message):
-    __slots__ = ("model", "version", "methods", "morf", "dataset", "limit")
+    __slots__ = ("model", "version", "methods", "morf", "dataset", "limit", "randomisation")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     METHODS_FIELD_NUMBER: _ClassVar[int]
     MORF_FIELD_NUMBER: _ClassVar[int]
     DATASET_FIELD_NUMBER: _ClassVar[int]
     LIMIT_FIELD_NUMBER: _ClassVar[int]
+    RANDOMISATION_FIELD_NUMBER: _ClassVar[int]
     model: str
     version: str
     methods: _containers.RepeatedCompositeFieldContainer[MethodParams]
     morf: MorfParams
     dataset: str
     limit: int
-    def __init__(self, model: _Optional[str] = ..., version: _Optional[str] = ..., methods: _Optional[_Iterable[_Union[MethodParams, _Mapping]]] = ..., morf: _Optional[_Union[MorfParams, _Mapping]] = ..., dataset: _Optional[str] = ..., limit: _Optional[int] = ...) -> None: ...
+    randomisation: RandomisationOptions
+    def __init__(self, model: _Optional[str] = ..., version: _Optional[str] = ..., methods: _Optional[_Iterable[_Union[MethodParams, _Mapping]]] = ..., morf: _Optional[_Union[MorfParams, _Mapping]] = ..., dataset: _Optional[str] = ..., limit: _Optional[int] = ..., randomisation: _Optional[_Union[RandomisationOptions, _Mapping]] = ...) -> None: ...
 
 class EvaluateDatasetRequest(_message.Message):
     __slots__ = ("config", "item")

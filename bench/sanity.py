@@ -1,0 +1,212 @@
+"""Benchmark: the model-parameter randomisation test (Adebayo et al. 2018) against its floor.
+
+For one method on one image:
+
+    ratio = seconds of the randomisation test (every variant explained and compared)
+            / (number of variants × seconds of the same method on the original model)
+
+measured in the same run on the same ``Model`` facade the server uses (repository, onnxruntime
+session with spinning off, dynamic batcher; torch pool for white-box methods). The original
+map is an input of the test (Score computes it anyway), so the floor is exactly one method
+call per variant. Two figures per method:
+
+* **cold** — the first test after the model loads: includes drawing the randomised
+  parameters, building each variant's onnxruntime session (black-box) or PyTorch module
+  (white-box, ``convert_onnx`` of the variant graph);
+* **warm** — the next test, on the cached variants (what every later request pays). Goal ≤ 1.15.
+
+Models: the bundled demo model (``models/shapes/1``, 64×64) with the default stops (every
+weighted layer), and torchvision's ResNet-50 (``weights=None``, ``torch.manual_seed(0)``,
+exported as the other benches do, cached under ``bench/.cache``) at 224×224 with 10 stops.
+
+The demo-model section also prints the similarity curves (Spearman of |maps| per depth) for
+the paper's methods: gradient, gradient×input, IG, LRP ε and LRP_CMP, guided backprop.
+
+Run: ``PYTHONPATH=service:. .venv/bin/python bench/sanity.py [--quick]``. ``--quick``: the
+demo model, and ResNet-50 with 2 stops and the gradient only (≈ 1–2 minutes on 2 cores).
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import argparse
+import dataclasses
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import xaiserve.methods.catalog  # noqa: F401 - registers every method
+from _common import REPO, model_repo, print_table, torchvision_onnx
+from xaiserve.config import Settings
+from xaiserve.methods.base import Target, registered_methods
+from xaiserve.models.model import Model
+from xaiserve.models.randomised_variants import (
+    randomisation_test,
+    randomised_variants,
+)
+from xaiserve.models.repository import ModelRepository
+from xaiserve.observability import Metrics
+from xaiserve.runtime.batcher import ImageBudget
+
+GOAL = 1.15
+# The methods of Adebayo et al. Fig. 2 that xaiserve serves, and their parameters.
+PAPER_METHODS: list[tuple[str, str, dict[str, Any]]] = [
+    ("gradient", "saliency", {}),
+    ("gradient×input", "gradient_times_input", {}),
+    ("integrated gradients", "integrated_gradients", {"seed": 0}),
+    ("LRP ε", "lrp", {"composite": "lrp_epsilon"}),
+    ("LRP_CMP", "lrp", {"composite": "lrp_cmp_alpha1beta0"}),
+    ("guided backprop", "guided_backprop", {}),
+]
+
+
+def load(root: Path, name: str, version: str = "1") -> Model:
+    repo = ModelRepository(root, Settings(models_dir=str(root)), Metrics(), ImageBudget(100_000))
+    entry = repo.load_version(name, version)
+    if entry.model is None:
+        raise SystemExit(f"{name} did not load: {entry.error}")
+    return entry.model
+
+
+def params_for(method: str, overrides: dict[str, Any]) -> Any:
+    spec = registered_methods()[method]
+    params = spec.params_type()
+    fields = {f.name for f in dataclasses.fields(params)}
+    return dataclasses.replace(params, **{k: v for k, v in overrides.items() if k in fields})
+
+
+def demo_images(n: int) -> np.ndarray:
+    """Held-out images of the demo's own data set (``xaiserve.demo.shapes.heldout``)."""
+    from xaiserve.demo.shapes import heldout
+
+    return np.asarray(heldout(n).images, np.float32)
+
+
+def smooth_image(size: int, seed: int = 0) -> np.ndarray:
+    """A smooth random picture (bicubic upsampling of 8×8 noise)."""
+    from PIL import Image
+
+    small = np.random.default_rng(seed).uniform(0, 255, size=(8, 8, 3)).astype(np.uint8)
+    big = Image.fromarray(small).resize((size, size), Image.Resampling.BICUBIC)
+    return np.asarray(big, np.float32)
+
+
+def time_method(
+    label: str, model: Model, method: str, params: Any, image: np.ndarray, stops: int
+) -> tuple[list[object], Any]:
+    spec = registered_methods()[method]
+    target = Target(int(np.argmax(model.predict(image[None])[0])))
+    spec.explain(model, image, target, params)  # warm the original (torch pool, sessions)
+    samples = []
+    for _ in range(3):
+        t = time.perf_counter()
+        original = spec.explain(model, image, target, params).heatmap
+        samples.append(time.perf_counter() - t)
+    one = float(np.median(samples))
+    variants = randomised_variants(model, stops=stops, seed=0)
+    n = len(variants)
+    t = time.perf_counter()
+    randomisation_test(model, spec, params, image, target, variants, original=original)
+    cold = time.perf_counter() - t
+    warm_samples = []
+    curve = None
+    for _ in range(2):
+        t = time.perf_counter()
+        curve = randomisation_test(model, spec, params, image, target, variants, original=original)
+        warm_samples.append(time.perf_counter() - t)
+    warm = min(warm_samples)
+    variants.close()
+    row: list[object] = [
+        label,
+        n,
+        one,
+        cold,
+        cold / (n * one),
+        warm,
+        warm / (n * one),
+        "yes" if warm / (n * one) <= GOAL else "NO",
+    ]
+    return row, curve
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="short run (see the module docs)")
+    args = parser.parse_args()
+    import torch
+
+    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    header = [
+        "model / method",
+        "variants",
+        "method s",
+        "test cold s",
+        "cold ratio",
+        "test warm s",
+        "warm ratio",
+        f"≤ {GOAL}",
+    ]
+    rows: list[list[object]] = []
+    curves = []
+    demo = load(REPO / "models", "shapes")
+    image = demo_images(1)[0]
+    demo_methods = [*PAPER_METHODS, ("regional PD", "regional_prediction_difference", {})]
+    for label, method, overrides in demo_methods:
+        row, curve = time_method(
+            f"demo / {label}", demo, method, params_for(method, overrides), image, 0
+        )
+        rows.append(row)
+        curves.append((label, curve))
+    demo.close()
+    if args.quick:
+        resnet_runs = [("gradient", "saliency", {})]
+        stops = 2
+    else:
+        resnet_runs = [
+            ("gradient", "saliency", {}),
+            ("LRP_CMP", "lrp", {"composite": "lrp_cmp_alpha1beta0"}),
+            ("regional PD", "regional_prediction_difference", {}),
+        ]
+        stops = 10
+    onnx_path = torchvision_onnx("resnet50")
+    resnet = load(model_repo("resnet50", onnx_path, 224, 1000), "resnet50")
+    r_image = smooth_image(224)
+    for label, method, overrides in resnet_runs:
+        row, _ = time_method(
+            f"resnet50 / {label}", resnet, method, params_for(method, overrides), r_image, stops
+        )
+        rows.append(row)
+    resnet.close()
+    print_table("randomisation test ÷ (variants × method time)", header, rows)
+    first = curves[0][1]
+    depth_header = ["method"] + [str(d) for d in first.depths]
+    print_table(
+        "demo model: Spearman ρ of |maps| vs layers randomised (from the logits; "
+        + ", ".join(first.layers)
+        + ")",
+        depth_header,
+        [[label, *c.metric("spearman_abs")] for label, c in curves],
+    )
+    print_table(
+        "demo model: SSIM vs layers randomised",
+        depth_header,
+        [[label, *c.metric("ssim")] for label, c in curves],
+    )
+    print_table(
+        "demo model: HOG similarity vs layers randomised",
+        depth_header,
+        [[label, *c.metric("hog")] for label, c in curves],
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

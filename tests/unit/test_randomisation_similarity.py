@@ -1,0 +1,114 @@
+"""Similarity figures of the model-parameter randomisation test (Adebayo et al. 2018), checked
+against hand computation and the paper's equations (Spearman's ρ, Wang et al.'s SSIM Eq. 13)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from xaiserve.evaluation.randomisation import (
+    HOG_UNAVAILABLE,
+    MapSimilarity,
+    map_similarity,
+    mean_curve,
+    normalise_abs,
+    randomisation_curve,
+    spearman,
+)
+
+
+def test_spearman_hand_computed() -> None:
+    # ranks differ by d = (0, 1, -1, 0): ρ = 1 − 6·Σd² / (n(n² − 1)) = 1 − 12/60 = 0.8
+    assert spearman(np.array([1.0, 2, 3, 4]), np.array([1.0, 3, 2, 4])) == pytest.approx(0.8)
+    # one swap of the extremes: d = (-3, 1, 1, 1), Σd² = 12 → 1 − 72/60 = −0.2
+    assert spearman(np.array([1.0, 2, 3, 4]), np.array([4.0, 1, 2, 3])) == pytest.approx(-0.2)
+
+
+def test_absolute_and_signed_rank_correlation_differ_on_a_sign_flip() -> None:
+    a = np.array([[-4.0, 1.0], [2.0, 3.0]])
+    b = np.array([[4.0, 1.0], [2.0, 3.0]])
+    sim = map_similarity(a, b)
+    assert sim.spearman_abs == pytest.approx(1.0)  # |a| = |b|
+    assert sim.spearman_signed == pytest.approx(-0.2)  # the hand-computed case above
+
+
+def test_constant_maps_have_no_ranking() -> None:
+    flat = np.zeros((4, 4))
+    varied = np.arange(16.0).reshape(4, 4)
+    assert spearman(flat, varied) == 0.0
+    assert spearman(flat, flat + 3.0) == 1.0
+
+
+def _wang_ssim(x: np.ndarray, y: np.ndarray) -> float:
+    """Wang et al. (2004) Eq. 13 over one window covering the whole map, sample statistics."""
+    c1, c2 = 0.01**2, 0.03**2
+    mx, my = x.mean(), y.mean()
+    vx, vy = x.var(ddof=1), y.var(ddof=1)
+    cov = ((x - mx) * (y - my)).sum() / (x.size - 1)
+    return float(((2 * mx * my + c1) * (2 * cov + c2)) / ((mx**2 + my**2 + c1) * (vx + vy + c2)))
+
+
+def test_ssim_matches_wang_et_al_on_one_window() -> None:
+    rng = np.random.default_rng(3)
+    a = rng.random((7, 7))
+    b = 0.5 * a + 0.5 * rng.random((7, 7))
+    for m in (a, b):  # maps already on [0, 1] with 0 and 1 present: the normalisation is identity
+        m.flat[0], m.flat[1] = 0.0, 1.0
+    np.testing.assert_allclose(normalise_abs(a), a)
+    got = map_similarity(a, b).ssim
+    assert got == pytest.approx(_wang_ssim(a, b), rel=1e-9)
+    assert map_similarity(a, a).ssim == pytest.approx(1.0)
+
+
+def test_ssim_uses_adebayo_normalisation() -> None:
+    # |h| scaled to [0, 1]: a map and its negative (or a rescaled copy) are the same picture
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(32, 32))
+    sim = map_similarity(a, -3.0 * a)
+    assert sim.ssim == pytest.approx(1.0)
+    assert sim.hog == pytest.approx(1.0)
+    assert sim.spearman_abs == pytest.approx(1.0)
+    assert sim.spearman_signed == pytest.approx(-1.0)
+
+
+def test_hog_tells_orientation_apart() -> None:
+    y, x = np.mgrid[0:48, 0:48]
+    vertical = (np.sin(x / 2.0) > 0).astype(float)
+    horizontal = (np.sin(y / 2.0) > 0).astype(float)
+    assert map_similarity(vertical, vertical).hog == pytest.approx(1.0)
+    assert map_similarity(vertical, horizontal).hog < 0.2
+
+
+def test_hog_needs_one_block() -> None:
+    small = np.arange(256.0).reshape(16, 16)
+    assert math.isnan(map_similarity(small, small).hog)
+    curve = randomisation_curve("m", small, [small], [1], ["fc"], 1)
+    assert HOG_UNAVAILABLE in curve.notes
+
+
+def test_curve_summary_is_rank_correlation_at_full_randomisation() -> None:
+    rng = np.random.default_rng(1)
+    original = rng.random((32, 32))
+    maps = [original + 0.1 * rng.random((32, 32)), rng.random((32, 32))]
+    curve = randomisation_curve("gradient", original, maps, [1, 3], ["fc (Gemm)", "c1 (Conv)"], 3)
+    assert curve.full
+    assert curve.summary == pytest.approx(spearman(np.abs(original), np.abs(maps[1])))
+    assert curve.metric("spearman_abs")[0] > 0.9 > curve.summary
+    d = curve.as_dict()
+    assert d["layers"] == ["fc (Gemm)", "c1 (Conv)"] and d["depths"] == [1, 3]
+
+
+def test_mean_curve_averages_per_stop_and_skips_nan() -> None:
+    def curve(values: list[float]) -> object:
+        sims = tuple(MapSimilarity(v, v, v, math.nan if v < 0 else v) for v in values)
+        from xaiserve.evaluation.randomisation import RandomisationCurve
+
+        return RandomisationCurve("m", (1, 2), ("a", "b"), 2, sims)
+
+    c1, c2 = curve([1.0, 0.2]), curve([0.5, -0.4])
+    mean = mean_curve([c1, c2])  # type: ignore[list-item]
+    assert mean.images == 2
+    assert mean.metric("spearman_abs") == pytest.approx([0.75, -0.1])
+    assert mean.metric("hog") == pytest.approx([0.75, 0.2])  # the NaN is skipped
