@@ -2,7 +2,9 @@
 
 For each image: the heatmap of each method, its MoRF/LeRF/random curves and AOPC (Samek et al.
 Eq. 12), localisation against the mask when there is one (μ, μ_w, precision/recall/F), and
-complexity; per-image results are published as the operation's ``item_result`` and the
+complexity, and — when asked — each method's model-parameter randomisation test (Adebayo et
+al. 2018; the similarity per stop averaged over the images, under ``randomisation``); per-image
+results are published as the operation's ``item_result`` and the
 running :class:`DatasetAggregate` becomes the final result (Samek et al. Fig. 4 curves).
 """
 
@@ -17,12 +19,19 @@ from xaiserve.evaluation.aggregate import DatasetAggregate, ImageEvaluation
 from xaiserve.evaluation.complexity import complexity
 from xaiserve.evaluation.localisation import localisation
 from xaiserve.evaluation.morf import MorfParams, region_perturbation
+from xaiserve.evaluation.randomisation import RandomisationCurve, mean_curve
 from xaiserve.imaging.preprocess import fit_to_input
 from xaiserve.jobs.datasets import DatasetItem
 from xaiserve.jobs.operations import OperationHandle
 from xaiserve.methods.base import MethodSpec, Target
 from xaiserve.models.model import Model
+from xaiserve.models.randomised_variants import (
+    RandomisationOptions,
+    randomisation_test,
+    randomised_variants,
+)
 from xaiserve.runtime.context import RequestContext, bind
+from xaiserve.runtime.parameter_randomisation import DISTRIBUTION
 
 
 @dataclass(frozen=True)
@@ -38,8 +47,10 @@ def evaluate_dataset(
     methods: list[MethodRun],
     morf: MorfParams,
     handle: OperationHandle,
+    randomisation: RandomisationOptions | None = None,
 ) -> dict[str, Any]:
     aggregate = DatasetAggregate()
+    sanity: dict[str, list[RandomisationCurve]] = {run.name: [] for run in methods}
     handle.update(total=len(items), message="evaluating")
     for done, item in enumerate(items, start=1):
         handle.check_cancelled()
@@ -65,6 +76,13 @@ def evaluate_dataset(
                     "aopc_morf_minus_random": curves.aopc_morf_minus_random,
                     **({"mu": loc.mu, "mu_weighted": loc.mu_weighted} if loc is not None else {}),
                 }
+                if randomisation is not None:
+                    variants = randomised_variants(model, randomisation.stops, randomisation.seed)
+                    curve = randomisation_test(
+                        model, run.spec, run.params, image, Target(target), variants, heatmap
+                    )
+                    sanity[run.name].append(curve)
+                    summary[run.name]["randomisation_summary"] = curve.summary
         aggregate.add(per_method)
         handle.update(done=done, item_result=summary)
     return {
@@ -75,6 +93,20 @@ def evaluate_dataset(
             k: v.tolist() for k, v in aggregate.relative_aopc_curves().items()
         },
         "mean_aopc_curves": {k: v.tolist() for k, v in aggregate.mean_aopc_curves().items()},
+        **(
+            {"randomisation": randomisation_summary(sanity, randomisation)} if randomisation else {}
+        ),
+    }
+
+
+def randomisation_summary(
+    curves: dict[str, list[RandomisationCurve]], options: RandomisationOptions
+) -> dict[str, Any]:
+    """Per method, the similarity per stop averaged over the images (JSON-ready)."""
+    return {
+        "seed": options.seed,
+        "distribution": DISTRIBUTION,
+        "methods": {name: mean_curve(runs).as_dict() for name, runs in curves.items() if runs},
     }
 
 

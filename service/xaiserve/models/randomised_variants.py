@@ -29,6 +29,7 @@ import threading
 import weakref
 from collections import OrderedDict
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -43,6 +44,7 @@ from xaiserve.runtime import context
 from xaiserve.runtime.batcher import DynamicBatcher
 from xaiserve.runtime.onnx_session import OnnxSession
 from xaiserve.runtime.parameter_randomisation import (
+    MAX_STOPS,
     RandomisationPlan,
     WeightedLayer,
     layer_stops,
@@ -61,14 +63,42 @@ DEFAULT_KEEP = 2
 
 __all__ = [
     "DEFAULT_KEEP",
+    "RandomisationOptions",
     "RandomisedModel",
     "VariantSet",
     "layers_of",
+    "randomisation_cost",
     "randomisation_plan",
     "randomisation_test",
     "randomised_variants",
     "variant_count",
 ]
+
+
+@dataclass(frozen=True)
+class RandomisationOptions:
+    """What a caller asks of the randomisation test: ``stops`` (0 = the default stops, see
+    :func:`~xaiserve.runtime.parameter_randomisation.layer_stops`) and the re-initialisation
+    ``seed`` (default 0, so that requests share the cached variants)."""
+
+    stops: int = 0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.stops <= MAX_STOPS:
+            raise InvalidInput(
+                f"randomisation.stops {self.stops} must be between 0 (default) and {MAX_STOPS}"
+            )
+        if not 0 <= self.seed < 2**64:
+            raise InvalidInput(f"randomisation.seed {self.seed} must fit in 64 unsigned bits")
+
+
+def randomisation_cost(
+    model: Model, spec: MethodSpec, params: Any, options: RandomisationOptions
+) -> int:
+    """Forward passes of the variants' method calls (each variant is one full method call;
+    the original map is not included)."""
+    return variant_count(model, options.stops) * int(spec.cost(params, model.input_size))
 
 
 class RandomisedModel(Model):

@@ -45,6 +45,7 @@ from onnx import numpy_helper
 __all__ = [
     "DEFAULT_MAX_EVERY_LAYER",
     "DEFAULT_SPREAD_STOPS",
+    "DISTRIBUTION",
     "MAX_STOPS",
     "RandomisationPlan",
     "WeightedLayer",
@@ -83,6 +84,12 @@ _FLOAT_TYPES = frozenset(
 DEFAULT_MAX_EVERY_LAYER = 20
 #: … else this many stops spread evenly down the network (the last is full randomisation).
 DEFAULT_SPREAD_STOPS = 10
+#: The re-initialisation, in words (responses carry it).
+DISTRIBUTION = (
+    "each parameter tensor W of a randomised layer redrawn i.i.d. from N(mean(W), std(W)^2), "
+    "same shape and dtype (numpy PCG64, SeedSequence([seed, layer, tensor])); batch-norm "
+    "running statistics kept"
+)
 #: The most stops a caller may ask for (each stop is one full method call per request).
 MAX_STOPS = 64
 
