@@ -112,3 +112,23 @@ def test_mean_curve_averages_per_stop_and_skips_nan() -> None:
     assert mean.images == 2
     assert mean.metric("spearman_abs") == pytest.approx([0.75, -0.1])
     assert mean.metric("hog") == pytest.approx([0.75, 0.2])  # the NaN is skipped
+
+
+@pytest.mark.parametrize("shape", [(224, 224), (64, 64), (30, 41), (24, 24), (100, 77)])
+def test_hog_descriptor_matches_scikit_image(shape: tuple[int, int]) -> None:
+    from skimage.feature import hog
+
+    from xaiserve.evaluation.randomisation import hog_descriptor
+
+    rng = np.random.default_rng(sum(shape))
+    a = rng.random(shape)
+    a[a < 0.3] = 0.0  # flat patches and exact zeros, as in ReLU-network maps
+    expected = hog(
+        a,
+        orientations=9,
+        pixels_per_cell=(8, 8),
+        cells_per_block=(3, 3),
+        block_norm="L2-Hys",
+        feature_vector=True,
+    )
+    np.testing.assert_allclose(hog_descriptor(a), expected, atol=1e-6)
