@@ -133,6 +133,58 @@ def region_logit_model(
     return model
 
 
+def ignored_branch_model(size: int = 16) -> onnx.ModelProto:
+    """logits = fc_kept(GAP(relu(conv_kept(x)))) + fc_zero(GAP(relu(conv_ignored(x)))).
+
+    ``fc_zero`` has zero weights and bias, so the output ignores the ``conv_ignored`` branch by
+    construction: randomising that branch (conv_ignored, and fc_zero, whose zero tensors keep
+    their value) must leave every faithful method's map unchanged.
+    """
+    rng = np.random.default_rng(0)
+
+    def t(name: str, *shape: int, scale: float = 0.5) -> onnx.TensorProto:
+        return numpy_helper.from_array((scale * rng.normal(size=shape)).astype(np.float32), name)
+
+    inits = [
+        t("wk", 6, 3, 3, 3),
+        t("bk", 6, scale=0.1),
+        t("fk", 6, 3),
+        t("fkb", 3, scale=0.1),
+        t("wi", 6, 3, 3, 3),
+        t("bi", 6, scale=0.1),
+        numpy_helper.from_array(np.zeros((6, 3), np.float32), "fz"),
+        numpy_helper.from_array(np.zeros(3, np.float32), "fzb"),
+    ]
+    nodes = [
+        helper.make_node(
+            "Conv", ["input", "wk", "bk"], ["ck"], name="conv_kept", pads=[1, 1, 1, 1]
+        ),
+        helper.make_node("Relu", ["ck"], ["rk"]),
+        helper.make_node("GlobalAveragePool", ["rk"], ["pk"]),
+        helper.make_node("Flatten", ["pk"], ["flk"], axis=1),
+        helper.make_node("Gemm", ["flk", "fk", "fkb"], ["lk"], name="fc_kept"),
+        helper.make_node(
+            "Conv", ["input", "wi", "bi"], ["ci"], name="conv_ignored", pads=[1, 1, 1, 1]
+        ),
+        helper.make_node("Relu", ["ci"], ["ri"]),
+        helper.make_node("GlobalAveragePool", ["ri"], ["pi"]),
+        helper.make_node("Flatten", ["pi"], ["fli"], axis=1),
+        helper.make_node("Gemm", ["fli", "fz", "fzb"], ["li"], name="fc_zero"),
+        helper.make_node("Add", ["lk", "li"], ["logits"], name="sum"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "ignored_branch",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 3, size, size])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 3])],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model
+
+
 def _num_outputs(model: onnx.ModelProto) -> int:
     dims = model.graph.output[0].type.tensor_type.shape.dim
     return int(dims[-1].dim_value) if dims and dims[-1].dim_value else 2

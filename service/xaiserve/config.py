@@ -48,6 +48,8 @@ class Settings:
     intra_op_threads: int = 0  # onnxruntime threads per session; 0 = number of cores
     providers: tuple[str, ...] = ()  # onnxruntime providers; empty = best available
     torch_copies: int = 2  # module copies per model for white-box methods
+    # randomisation test: (seed, stops) sets of randomised variants cached per model version
+    randomisation_variant_sets: int = 2
     drain_seconds: float = 25.0  # SIGTERM: time in-flight requests get to finish
     model_poll_seconds: float = 0.0  # rescan the repository this often (0 = only on SIGHUP)
     log_level: str = "INFO"
@@ -91,6 +93,7 @@ class Settings:
             "max_image_bytes",
             "max_image_pixels",
             "torch_copies",
+            "randomisation_variant_sets",
         ):
             if getattr(self, name) < 1:
                 raise ValueError(f"setting {name} must be at least 1")

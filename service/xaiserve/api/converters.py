@@ -15,10 +15,12 @@ from google.protobuf import struct_pb2, timestamp_pb2
 from google.protobuf.message import Message
 
 from xaiserve import __version__, core
+from xaiserve.evaluation.randomisation import RandomisationCurve
 from xaiserve.imaging.decode import ImageInput, RawTensor
 from xaiserve.jobs.operations import OperationState
 from xaiserve.methods.base import registered_methods
 from xaiserve.models.model import Model
+from xaiserve.models.randomised_variants import DISTRIBUTION, RandomisationOptions
 from xaiserve.models.repository import ModelEntry, VersionEntry
 from xaiserve.v1 import explain_pb2 as pb
 
@@ -98,6 +100,17 @@ def score_input(r: pb.ScoreRequest) -> core.ScoreInput:
         morf=message_to_mapping(r.morf),
         mask=raw_tensor(r.mask) if r.HasField("mask") else None,
         hull_keep_fraction=r.hull_keep_fraction if r.HasField("hull_keep_fraction") else None,
+        randomisation=(
+            randomisation_options(r.randomisation) if r.HasField("randomisation") else None
+        ),
+    )
+
+
+def randomisation_options(message: pb.RandomisationOptions) -> RandomisationOptions:
+    """Unset fields take their defaults (INVALID_ARGUMENT when out of range)."""
+    return RandomisationOptions(
+        stops=int(message.stops) if message.HasField("stops") else 0,
+        seed=int(message.seed) if message.HasField("seed") else 0,
     )
 
 
@@ -119,6 +132,9 @@ def dataset_evaluation_input(c: pb.EvaluateDatasetConfig) -> core.DatasetEvaluat
         morf=message_to_mapping(c.morf),
         dataset=c.dataset,
         limit=c.limit if c.HasField("limit") else None,
+        randomisation=(
+            randomisation_options(c.randomisation) if c.HasField("randomisation") else None
+        ),
     )
 
 
@@ -233,6 +249,31 @@ def explain_response(result: core.ExplainResult, request_id: str) -> pb.ExplainR
     return response
 
 
+def randomisation_curve(curve: RandomisationCurve, seed: int) -> pb.Randomisation:
+    out = pb.Randomisation(
+        method=curve.method,
+        total_layers=curve.total_layers,
+        seed=seed,
+        summary=curve.summary,
+        full_randomisation=curve.full,
+        distribution=DISTRIBUTION,
+        notes=list(curve.notes),
+        images=curve.images,
+    )
+    for depth, layer, sim in zip(curve.depths, curve.layers, curve.similarities, strict=True):
+        out.points.append(
+            pb.RandomisationPoint(
+                depth=depth,
+                layer=layer,
+                spearman_abs=sim.spearman_abs,
+                spearman_signed=sim.spearman_signed,
+                ssim=sim.ssim,
+                hog=sim.hog,
+            )
+        )
+    return out
+
+
 def score_response(result: core.ScoreResult) -> pb.ScoreResponse:
     curves = result.morf
     response = pb.ScoreResponse(
@@ -259,6 +300,10 @@ def score_response(result: core.ScoreResult) -> pb.ScoreResponse:
         response.aopc_morf_minus_random = float(curves.aopc_morf_minus_random or 0.0)
     if result.heatmap is not None:
         response.heatmap.CopyFrom(tensor_to_proto(result.heatmap))
+    if result.randomisation is not None:
+        response.randomisation.CopyFrom(
+            randomisation_curve(result.randomisation, result.randomisation_seed)
+        )
     loc = result.localisation
     if loc is not None:
         response.localisation.CopyFrom(

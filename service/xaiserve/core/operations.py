@@ -33,6 +33,7 @@ from xaiserve.jobs.gad_fitting import (
 )
 from xaiserve.jobs.operations import OperationState
 from xaiserve.models.model import Model
+from xaiserve.models.randomised_variants import RandomisationOptions, randomisation_cost
 from xaiserve.models.support_sets import SupportSetStore
 
 MAX_METHODS = 16
@@ -62,6 +63,7 @@ class DatasetEvaluationInput:
     morf: dict[str, Any] = field(default_factory=dict)
     dataset: str = ""
     limit: int | None = None
+    randomisation: RandomisationOptions | None = None
 
 
 @dataclass(frozen=True)
@@ -115,13 +117,24 @@ def start_dataset_evaluation(
         raise InvalidInput(
             "the data set is empty: stream items after the config or name config.dataset"
         )
+    sanity = config.randomisation
     per_image = sum(
-        r.spec.cost(r.params, model.input_size) + morf_cost(morf, model.input_size) for r in runs
+        r.spec.cost(r.params, model.input_size)
+        + morf_cost(morf, model.input_size)
+        + (randomisation_cost(model, r.spec, r.params, sanity) if sanity else 0)
+        for r in runs
     )
-    check_cost(settings, per_image, "each image", "lower morf.steps/repeats or method costs")
+    check_cost(
+        settings,
+        per_image,
+        "each image",
+        "lower morf.steps/repeats or method costs"
+        + (" or randomisation.stops (each variant is a full method call)" if sanity else ""),
+    )
+    keep = settings.randomisation_variant_sets
     return services.operations.start(
         "evaluate_dataset",
-        lambda handle: evaluate_dataset(model, dataset, runs, morf, handle),
+        lambda handle: evaluate_dataset(model, dataset, runs, morf, handle, sanity, keep),
         total=len(dataset),
         message=f"{len(dataset)} images × {len(runs)} methods on {model.name}/{model.version}",
     )

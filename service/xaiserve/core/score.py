@@ -1,5 +1,7 @@
 """``score``: MoRF/LeRF/AOPC of a heatmap (supplied or computed), with localisation against a
-mask, complexity and the convex-hull RC/RS (see :mod:`xaiserve.evaluation`)."""
+mask, complexity and the convex-hull RC/RS (see :mod:`xaiserve.evaluation`), and — when asked —
+the method's model-parameter randomisation test (Adebayo et al. 2018; see
+:mod:`xaiserve.models.randomised_variants`)."""
 
 from __future__ import annotations
 
@@ -20,8 +22,15 @@ from xaiserve.evaluation.complexity import ComplexityResult, complexity
 from xaiserve.evaluation.convex_hull import ConvexHullResult, convex_hull_scores
 from xaiserve.evaluation.localisation import LocalisationResult, localisation
 from xaiserve.evaluation.morf import MorfParams, MorfResult, morf_cost, region_perturbation
+from xaiserve.evaluation.randomisation import RandomisationCurve
 from xaiserve.imaging.decode import ImageInput, RawTensor, decode_map
 from xaiserve.methods.params import params_from_mapping, params_to_dict
+from xaiserve.models.randomised_variants import (
+    RandomisationOptions,
+    randomisation_cost,
+    randomisation_test,
+    randomised_variants,
+)
 from xaiserve.runtime import context
 
 SUPPLIED = "supplied"
@@ -44,6 +53,7 @@ class ScoreInput:
     morf: Mapping[str, Any] = field(default_factory=dict)
     mask: RawTensor | None = None
     hull_keep_fraction: float | None = None
+    randomisation: RandomisationOptions | None = None
 
 
 @dataclass(frozen=True)
@@ -57,6 +67,8 @@ class ScoreResult:
     forward_passes: int
     timings: Timings
     provenance: Provenance
+    randomisation: RandomisationCurve | None = None
+    randomisation_seed: int = 0
 
 
 def morf_params(values: Mapping[str, Any]) -> MorfParams:
@@ -78,12 +90,29 @@ def score(services: Services, request: ScoreInput) -> ScoreResult:
         method = resolve_method(services, model, request.method)
     else:
         services.observe_method(SUPPLIED)
+    sanity = request.randomisation
+    if sanity is not None and method is None:
+        raise InvalidInput(
+            "randomisation needs method (the server explains the image on the original model "
+            "and on every randomised variant with it), not a supplied heatmap"
+        )
     cost = (
         morf_cost(params, model.input_size)
         + 1
         + (method.spec.cost(method.params, model.input_size) if method else 0)
+        + (
+            randomisation_cost(model, method.spec, method.params, sanity)
+            if sanity and method
+            else 0
+        )
     )
-    check_cost(services.settings, cost, "scoring", "lower morf.steps or morf.repeats")
+    check_cost(
+        services.settings,
+        cost,
+        "scoring",
+        "lower morf.steps or morf.repeats"
+        + (" or randomisation.stops (each variant is a full method call)" if sanity else ""),
+    )
     image, decode_s = load_image(services, model, request.image)
     target, probs = resolve_target(model, image, request.target, None)
     h, w = model.input_size
@@ -101,11 +130,24 @@ def score(services: Services, request: ScoreInput) -> ScoreResult:
     curves = region_perturbation(model, image, heatmap, target.index, params)
     hull = convex_hull_scores(model, image, heatmap, target.index, keep)
     cx = complexity(heatmap)
+    curve = None
+    if sanity is not None and method is not None:
+        variants = randomised_variants(
+            model, sanity.stops, sanity.seed, services.settings.randomisation_variant_sets
+        )
+        curve = randomisation_test(
+            model, method.spec, method.params, image, target, variants, original=heatmap
+        )
     method_s = time.perf_counter() - t1
     probs = probabilities(model, image, probs)
     parameters = {
         "morf": params_to_dict(params),
         **({"method": method.params_dict} if method else {}),
+        **(
+            {"randomisation": {"stops": sanity.stops, "seed": sanity.seed}}
+            if sanity is not None
+            else {}
+        ),
     }
     return ScoreResult(
         morf=curves,
@@ -119,4 +161,6 @@ def score(services: Services, request: ScoreInput) -> ScoreResult:
         provenance=Provenance.of(
             model, method.spec.name if method else SUPPLIED, parameters, params.seed, "onnx"
         ),
+        randomisation=curve,
+        randomisation_seed=sanity.seed if sanity is not None else 0,
     )

@@ -26,12 +26,13 @@ from xaiserve.jobs.operations import OperationHandle
 from xaiserve.methods.base import MethodSpec, Target
 from xaiserve.models.model import Model
 from xaiserve.models.randomised_variants import (
+    DEFAULT_KEEP,
+    DISTRIBUTION,
     RandomisationOptions,
     randomisation_test,
     randomised_variants,
 )
 from xaiserve.runtime.context import RequestContext, bind
-from xaiserve.runtime.parameter_randomisation import DISTRIBUTION
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,7 @@ def evaluate_dataset(
     morf: MorfParams,
     handle: OperationHandle,
     randomisation: RandomisationOptions | None = None,
+    keep_variant_sets: int = DEFAULT_KEEP,
 ) -> dict[str, Any]:
     aggregate = DatasetAggregate()
     sanity: dict[str, list[RandomisationCurve]] = {run.name: [] for run in methods}
@@ -77,7 +79,9 @@ def evaluate_dataset(
                     **({"mu": loc.mu, "mu_weighted": loc.mu_weighted} if loc is not None else {}),
                 }
                 if randomisation is not None:
-                    variants = randomised_variants(model, randomisation.stops, randomisation.seed)
+                    variants = randomised_variants(
+                        model, randomisation.stops, randomisation.seed, keep_variant_sets
+                    )
                     curve = randomisation_test(
                         model, run.spec, run.params, image, Target(target), variants, heatmap
                     )

@@ -50,6 +50,7 @@ from xaiserve.runtime import context
 from xaiserve.runtime.batcher import DynamicBatcher
 from xaiserve.runtime.onnx_session import OnnxSession
 from xaiserve.runtime.parameter_randomisation import (
+    DISTRIBUTION,
     MAX_STOPS,
     RandomisationPlan,
     WeightedLayer,
@@ -69,6 +70,7 @@ DEFAULT_KEEP = 2
 
 __all__ = [
     "DEFAULT_KEEP",
+    "DISTRIBUTION",
     "RandomisationOptions",
     "RandomisedModel",
     "VariantSet",
