@@ -223,3 +223,30 @@ def test_a_custom_plan_randomises_only_its_layers() -> None:
         if t.SerializeToString() != u.SerializeToString()
     ]
     assert changed == ["w2", "b2"]
+
+
+@pytest.mark.parametrize("source", ["chain", "demo"])
+def test_variant_modules_from_two_conversions_equal_direct_conversions(source: str) -> None:
+    import torch
+
+    from xaiserve.runtime.onnx_to_torch import convert_onnx
+    from xaiserve.runtime.randomised_modules import CascadeModules
+
+    if source == "demo":
+        model = onnx.load(str(DEMO_MODEL_DIR / "shapes" / "1" / "model.onnx"))
+    else:
+        model = sorted_model(chain_model())
+    plan = plan_randomisation(model, seed=2)
+    tensors = randomised_tensors(model, plan)
+    cascade = CascadeModules(
+        lambda stop: randomised_model(model, plan, stop, tensors),
+        plan.total_layers,
+        [{n: tensors[n] for n in layer.initializers} for layer in plan.layers],
+    )
+    for stop in plan.stops:
+        built = cascade.module(stop).state_dict()
+        direct = convert_onnx(randomised_model(model, plan, stop, tensors)).state_dict()
+        assert built.keys() == direct.keys()
+        for key in direct:
+            assert torch.equal(built[key], direct[key]), (stop, key)
+    assert cascade.shortcut  # these graphs take the two-conversion path

@@ -164,9 +164,7 @@ class RandomisedModel(Model):
         return True
 
     def _module_factory(self) -> Callable[[], torch.nn.Module]:
-        from xaiserve.runtime.onnx_to_torch import convert_onnx
-
-        return lambda: convert_onnx(self._owner.variant_proto(self.stop))
+        return lambda: self._owner.torch_module(self.stop)
 
     def close(self) -> None:
         with self._batcher_lock:
@@ -184,6 +182,7 @@ class VariantSet:
         self._lock = threading.Lock()
         self._proto: onnx.ModelProto | None = None
         self._tensors: dict[str, np.ndarray] | None = None
+        self._modules: Any = None  # runtime.randomised_modules.CascadeModules, built on demand
         self.variants = [RandomisedModel(self, i) for i in range(len(plan.stops))]
 
     def __len__(self) -> int:
@@ -201,6 +200,22 @@ class VariantSet:
         """The variant graph with ``stop`` layers randomised (a fresh copy each call)."""
         proto, tensors = self._sources()
         return randomised_model(proto, self.plan, stop, tensors)
+
+    def torch_module(self, stop: int) -> torch.nn.Module:
+        """The PyTorch module of the variant with ``stop`` layers randomised (two graph
+        conversions for the whole cascade; see :mod:`xaiserve.runtime.randomised_modules`)."""
+        from xaiserve.runtime.randomised_modules import CascadeModules
+
+        _, tensors = self._sources()
+        with self._lock:
+            if self._modules is None:
+                self._modules = CascadeModules(
+                    self.variant_proto,
+                    max(self.plan.stops),
+                    [{n: tensors[n] for n in layer.initializers} for layer in self.plan.layers],
+                )
+            modules = self._modules
+        return modules.module(stop)  # type: ignore[no-any-return]
 
     def build_batcher(self, stop: int) -> DynamicBatcher:
         base = self.base
