@@ -235,8 +235,6 @@ def test_batched_equals_literal_reference(model: ModelFactory, output: str) -> N
 
 def test_batched_equals_literal_reference_on_the_demo_cnn() -> None:
     root = Path(__file__).resolve().parents[2] / "models"
-    if not (root / "shapes" / "1" / "model.onnx").is_file():
-        pytest.skip("the demo model models/shapes/1 is not there yet")
     repository = ModelRepository(root, Settings(models_dir=str(root)), Metrics(), ImageBudget(1000))
     demo = repository.load_version("shapes", "1").model
     assert demo is not None

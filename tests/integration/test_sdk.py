@@ -200,13 +200,10 @@ def test_score_a_heatmap(client: ExplainClient, images: np.ndarray, method: str)
 
     data = heldout(1)
     heat = _explain(client, data.images[0], method).heatmap
-    try:
-        result = client.score(
-            data.images[0], MODEL, heatmap=heat, morf={"steps": 5, "repeats": 1, "seed": 0},
-            mask=data.masks[0],
-        )  # fmt: skip
-    except Unimplemented:
-        pytest.skip("this server does not score yet")
+    result = client.score(
+        data.images[0], MODEL, heatmap=heat, morf={"steps": 5, "repeats": 1, "seed": 0},
+        mask=data.masks[0],
+    )  # fmt: skip
     assert len(result.morf_curve) == 6
     assert np.isfinite(result.aopc_morf)
     assert result.localisation is not None and 0.0 <= result.localisation.mu <= 1.0
@@ -303,8 +300,6 @@ def test_tls_and_bearer_token(secure_server: tuple[str, bytes, str], images: np.
 @pytest.mark.timeout(150)
 def test_demo_end_to_end(tmp_path: Path) -> None:
     """``make demo`` (kept last: it starts its own server process)."""
-    if not (ROOT / "models" / MODEL / "1" / "model.onnx").is_file():
-        pytest.skip("the bundled demo model models/shapes/1 is not there yet")
     out = tmp_path / "demo-output"
     done = subprocess.run(
         [sys.executable, "-m", "xaiserve_client.demo", "--out", str(out), "--images", "2"],

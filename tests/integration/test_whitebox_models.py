@@ -191,7 +191,6 @@ def demo_mu_table(n: int, composites: list[str]) -> dict[str, tuple[float, float
     return table
 
 
-@pytest.mark.skipif(not (DEMO / "model.onnx").exists(), reason="demo model not built")
 def test_demo_model_lrp_cmp_localises_better_than_lrp_z() -> None:
     table = demo_mu_table(100, ["lrp_cmp_alpha1beta0", "lrp_cmp_alpha2beta1", "lrp_z"])
     (mu_a1, muw_a1), (mu_a2, muw_a2) = table["lrp_cmp_alpha1beta0"], table["lrp_cmp_alpha2beta1"]

@@ -20,9 +20,9 @@ from __future__ import annotations
 
 import threading
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
@@ -39,7 +39,14 @@ from torch import nn
 
 from xaiserve.errors import InvalidInput
 from xaiserve.imaging.fills import FILLS, check_fill, fill_image
-from xaiserve.methods.base import Explanation, Target, TorchBackend, WhiteBoxModel, register_method
+from xaiserve.methods.base import (
+    Explanation,
+    Target,
+    TorchBackend,
+    WhiteBoxModel,
+    get_method,
+    register_method,
+)
 
 ChannelNorm = Literal["l2", "linf", "abs_sum"]
 Integration = Literal[
@@ -184,68 +191,99 @@ def _cost_fb(params: Any, size: tuple[int, int]) -> int:
     return 2  # one forward and one backward pass
 
 
-@register_method("saliency", params=SaliencyParams, backend="whitebox", cost=_cost_fb, signed=False)
-def saliency(
-    model: WhiteBoxModel, image: np.ndarray, target: Target, params: SaliencyParams
-) -> Explanation:
-    """Sensitivity map, Samek et al. Eq. (3) with ``params.channel_norm``."""
-    _check_target(model.num_classes, target)
-    with model.torch_backend() as backend, _quiet():
-        fn, t = _explained(backend.module, target)
-        grad = Saliency(fn).attribute(_input(backend, image), target=t, abs=False)
-        heat = channel_pool(backend, grad, params.channel_norm)[0]
-    return Explanation(heatmap=heat, signed=False)
+@dataclass(frozen=True)
+class CaptumWrapper:
+    """A captum attribution class registered as a method: configuration, not code.
+
+    ``attribution`` is built on the explained module and called with ``kwargs``; ``pooling``
+    turns its input-space attribution into the map: ``"channel_norm"`` (Samek et al. Eq. 3 with
+    the request's ``channel_norm``), ``"l2"`` (always ℓ2) or ``"sum"`` (signed channel sum).
+    ``channel_sum_map`` adds the signed channel sum as ``maps["channel_sum"]``;
+    ``attribution_sum`` adds ``values["attribution_sum"]``.
+    """
+
+    attribution: type[Any]
+    params: type[Any]
+    signed: bool
+    pooling: Literal["channel_norm", "l2", "sum"]
+    description: str
+    kwargs: Mapping[str, Any] = field(default_factory=dict)
+    channel_sum_map: bool = False
+    attribution_sum: bool = False
 
 
-@register_method(
-    "deconvolution", params=DeconvolutionParams, backend="whitebox", cost=_cost_fb, signed=False
-)
-def deconvolution(
-    model: WhiteBoxModel, image: np.ndarray, target: Target, params: DeconvolutionParams
-) -> Explanation:
-    """Deconvolution (Zeiler & Fergus), ℓ2-pooled over channels (Samek et al. Sec. II-B);
-    ``maps["channel_sum"]`` holds the signed channel sum."""
-    _check_target(model.num_classes, target)
-    with model.torch_backend() as backend, _quiet():
-        fn, t = _explained(backend.module, target)
-        attr = Deconvolution(fn).attribute(_input(backend, image), target=t)
-        heat = channel_pool(backend, attr, "l2")[0]
-        signed_sum = backend.to_heatmap(attr)[0]
-    return Explanation(heatmap=heat, signed=False, maps={"channel_sum": signed_sum})
+CAPTUM_WRAPPERS: dict[str, CaptumWrapper] = {
+    "saliency": CaptumWrapper(
+        Saliency,
+        SaliencyParams,
+        signed=False,
+        pooling="channel_norm",
+        kwargs={"abs": False},
+        description="Sensitivity map, Samek et al. Eq. (3) with ``params.channel_norm``.",
+    ),
+    "deconvolution": CaptumWrapper(
+        Deconvolution,
+        DeconvolutionParams,
+        signed=False,
+        pooling="l2",
+        channel_sum_map=True,
+        description="Deconvolution (Zeiler & Fergus), ℓ2-pooled over channels (Samek et al. "
+        'Sec. II-B); ``maps["channel_sum"]`` holds the signed channel sum.',
+    ),
+    "gradient_times_input": CaptumWrapper(
+        InputXGradient,
+        GradientTimesInputParams,
+        signed=True,
+        pooling="sum",
+        attribution_sum=True,
+        description="``x ⊙ ∇f(x)`` summed over channels (captum ``InputXGradient``).",
+    ),
+    "guided_backprop": CaptumWrapper(
+        GuidedBackprop,
+        GuidedBackpropParams,
+        signed=True,
+        pooling="sum",
+        description="Guided backpropagation (Springenberg et al.), summed over channels.",
+    ),
+}
 
 
-@register_method(
-    "gradient_times_input",
-    params=GradientTimesInputParams,
-    backend="whitebox",
-    cost=_cost_fb,
-    signed=True,
-)
-def gradient_times_input(
-    model: WhiteBoxModel, image: np.ndarray, target: Target, params: GradientTimesInputParams
-) -> Explanation:
-    """``x ⊙ ∇f(x)`` summed over channels (captum ``InputXGradient``)."""
-    _check_target(model.num_classes, target)
-    with model.torch_backend() as backend, _quiet():
-        fn, t = _explained(backend.module, target)
-        attr = InputXGradient(fn).attribute(_input(backend, image), target=t)
-        heat = backend.to_heatmap(attr)[0]
-    return Explanation(heatmap=heat, signed=True, values={"attribution_sum": float(heat.sum())})
+def _pooled(
+    backend: TorchBackend, attr: torch.Tensor, wrapper: CaptumWrapper, params: Any
+) -> np.ndarray:
+    if wrapper.pooling == "channel_norm":
+        return channel_pool(backend, attr, params.channel_norm)[0]
+    if wrapper.pooling == "l2":
+        return channel_pool(backend, attr, "l2")[0]
+    return backend.to_heatmap(attr)[0]
 
 
-@register_method(
-    "guided_backprop", params=GuidedBackpropParams, backend="whitebox", cost=_cost_fb, signed=True
-)
-def guided_backprop(
-    model: WhiteBoxModel, image: np.ndarray, target: Target, params: GuidedBackpropParams
-) -> Explanation:
-    """Guided backpropagation (Springenberg et al.), summed over channels."""
-    _check_target(model.num_classes, target)
-    with model.torch_backend() as backend, _quiet():
-        fn, t = _explained(backend.module, target)
-        attr = GuidedBackprop(fn).attribute(_input(backend, image), target=t)
-        heat = backend.to_heatmap(attr)[0]
-    return Explanation(heatmap=heat, signed=True)
+def _register_captum(name: str, wrapper: CaptumWrapper) -> None:
+    def explain(
+        model: WhiteBoxModel, image: np.ndarray, target: Target, params: Any
+    ) -> Explanation:
+        _check_target(model.num_classes, target)
+        maps: dict[str, np.ndarray] = {}
+        with model.torch_backend() as backend, _quiet():
+            fn, t = _explained(backend.module, target)
+            attr = wrapper.attribution(fn).attribute(
+                _input(backend, image), target=t, **wrapper.kwargs
+            )
+            heat = _pooled(backend, attr, wrapper, params)
+            if wrapper.channel_sum_map:
+                maps["channel_sum"] = backend.to_heatmap(attr)[0]
+        values = {"attribution_sum": float(heat.sum())} if wrapper.attribution_sum else {}
+        return Explanation(heatmap=heat, signed=wrapper.signed, maps=maps, values=values)
+
+    explain.__name__ = explain.__qualname__ = name
+    explain.__doc__ = wrapper.description
+    register_method(
+        name, params=wrapper.params, backend="whitebox", cost=_cost_fb, signed=wrapper.signed
+    )(explain)
+
+
+for _name, _wrapper in CAPTUM_WRAPPERS.items():
+    _register_captum(_name, _wrapper)
 
 
 def _ig_cost(params: IntegratedGradientsParams, size: tuple[int, int]) -> int:
@@ -300,12 +338,22 @@ def integrated_gradients(
     )
 
 
-_BASE_COST = {"saliency": 2, "gradient_times_input": 2, "guided_backprop": 2}
-
-
 def _smoothgrad_cost(params: SmoothGradParams, size: tuple[int, int]) -> int:
-    per = _BASE_COST.get(params.base_method, 2 * IntegratedGradientsParams().steps + 2)
-    return params.samples * per
+    """``samples`` times the base method's own registered cost (at its default parameters)."""
+    base = get_method(params.base_method)
+    return params.samples * int(base.cost(base.params_type(), size))
+
+
+def _smoothgrad_base(name: str, fn: nn.Module, device: torch.device) -> tuple[Any, dict[str, Any]]:
+    """The base method's captum attribution and its arguments, from the same configuration
+    as the registered method (integrated gradients at its default steps)."""
+    if name == "integrated_gradients":
+        steps = IntegratedGradientsParams().steps
+        return IntegratedGradients(fn), {"internal_batch_size": _ig_batch(0, steps, device)}
+    if name not in CAPTUM_WRAPPERS:
+        raise InvalidInput(f"base_method {name!r} is unknown")
+    wrapper = CAPTUM_WRAPPERS[name]
+    return wrapper.attribution(fn), dict(wrapper.kwargs)
 
 
 _SEED_LOCK = threading.Lock()
@@ -345,20 +393,7 @@ def smoothgrad(
     _check_target(model.num_classes, target)
     with model.torch_backend() as backend, _quiet():
         fn, t = _explained(backend.module, target)
-        base: Any
-        kwargs: dict[str, Any] = {}
-        if params.base_method == "saliency":
-            base = Saliency(fn)
-            kwargs["abs"] = False
-        elif params.base_method == "gradient_times_input":
-            base = InputXGradient(fn)
-        elif params.base_method == "guided_backprop":
-            base = GuidedBackprop(fn)
-        elif params.base_method == "integrated_gradients":
-            base = IntegratedGradients(fn)
-            kwargs["internal_batch_size"] = _ig_batch(0, 50, backend.device)
-        else:
-            raise InvalidInput(f"base_method {params.base_method!r} is unknown")
+        base, kwargs = _smoothgrad_base(params.base_method, fn, backend.device)
         sigma = params.noise_level * _value_range(backend)
         with _seeded(params.seed, backend.device):
             attr = NoiseTunnel(base).attribute(
