@@ -400,3 +400,37 @@ def test_forward_passes_count_white_box_work(stub) -> None:  # type: ignore[no-u
         timeout=60,
     )
     assert 1 <= sal.forward_passes < ig.forward_passes
+
+
+def test_refused_operation_is_counted_by_its_reason(stub) -> None:  # type: ignore[no-untyped-def]
+    """``Overloaded.reason`` reaches ``xaiserve_rejected_requests_total`` (here: "operations",
+    the third operation while two run)."""
+    s, server, _ = stub
+    image = pb.Image(encoded=png(np.zeros((16, 16, 3))))
+
+    def stream() -> list[pb.EvaluateDatasetRequest]:
+        config = pb.EvaluateDatasetConfig(
+            model="regions",
+            methods=[pb.MethodParams(saliency=pb.SaliencyParams())],
+            morf=pb.MorfParams(steps=50, repeats=10),
+        )
+        items = [pb.EvaluateDatasetRequest(item=pb.LabelledImage(image=image))] * 400
+        return [pb.EvaluateDatasetRequest(config=config), *items]
+
+    def rejected() -> float:
+        value = server.metrics.registry.get_sample_value(
+            "xaiserve_rejected_requests_total", {"reason": "operations"}
+        )
+        return value or 0.0
+
+    running = [s.EvaluateDataset(iter(stream()), timeout=30) for _ in range(2)]
+    before = rejected()
+    try:
+        with pytest.raises(grpc.RpcError) as info:
+            s.EvaluateDataset(iter(stream()), timeout=30)
+        assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "operations are running" in str(info.value.details())
+        assert rejected() == before + 1
+    finally:
+        for op in running:
+            s.CancelOperation(pb.OperationRequest(id=op.id), timeout=10)

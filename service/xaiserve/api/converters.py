@@ -7,7 +7,7 @@ responses.
 
 from __future__ import annotations
 
-import math
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -17,7 +17,7 @@ from google.protobuf.message import Message
 from xaiserve import __version__, core
 from xaiserve.evaluation.randomisation import RandomisationCurve
 from xaiserve.imaging.decode import ImageInput, RawTensor
-from xaiserve.jobs.operations import OperationState
+from xaiserve.jobs.operations import OperationState, json_safe
 from xaiserve.methods.base import registered_methods
 from xaiserve.models.model import Model
 from xaiserve.models.randomised_variants import DISTRIBUTION, RandomisationOptions
@@ -114,14 +114,18 @@ def randomisation_options(message: pb.RandomisationOptions) -> RandomisationOpti
     )
 
 
-def streamed_item(index: int, item: pb.LabelledImage) -> core.StreamedItem:
-    return core.StreamedItem(
-        index=index,
-        name=item.name or str(index),
-        image=image_input(item.image),
-        label=class_ref(item.label),
-        mask=raw_tensor(item.mask) if item.HasField("mask") else None,
-    )
+def streamed_items(
+    items: Iterator[tuple[int, pb.LabelledImage]],
+) -> Iterator[core.StreamedItem]:
+    """The items of a "config, then items" stream (``api.streams.config_then_items``), lazily."""
+    for index, item in items:
+        yield core.StreamedItem(
+            index=index,
+            name=item.name or str(index),
+            image=image_input(item.image),
+            label=class_ref(item.label),
+            mask=raw_tensor(item.mask) if item.HasField("mask") else None,
+        )
 
 
 def dataset_evaluation_input(c: pb.EvaluateDatasetConfig) -> core.DatasetEvaluationInput:
@@ -168,25 +172,10 @@ def tensor_to_proto(array: np.ndarray) -> pb.Tensor:
 
 
 def struct_from_dict(values: dict[str, Any]) -> struct_pb2.Struct:
-    """Values as a Struct: numpy numbers and arrays become plain numbers and lists, NaN/inf
-    become null (JSON has no NaN, and clients parse JSON), anything else unknown its text."""
+    """Values as a Struct, made plain JSON first (:func:`xaiserve.jobs.operations.json_safe`)."""
     s = struct_pb2.Struct()
-    s.update(_plain(values))
+    s.update(json_safe(values))
     return s
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if hasattr(value, "tolist"):  # numpy scalars and arrays
-        return _plain(value.tolist())
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, bool | int | float | str) or value is None:
-        return value
-    return str(value)
 
 
 def class_score(score: core.ClassScore) -> pb.ClassScore:

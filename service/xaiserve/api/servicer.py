@@ -79,22 +79,16 @@ class ExplainServicer(pb_grpc.ExplainServiceServicer):
         self, requests: Iterator[pb.EvaluateDatasetRequest], context: grpc.ServicerContext
     ) -> pb.Operation:
         config, items = config_then_items(requests, "EvaluateDatasetRequest")
-        op = core.start_dataset_evaluation(
-            self.services,
-            conv.dataset_evaluation_input(config),
-            (conv.streamed_item(i, item) for i, item in items),
-        )
+        evaluation = conv.dataset_evaluation_input(config)
+        op = core.start_dataset_evaluation(self.services, evaluation, conv.streamed_items(items))
         return conv.operation(op)
 
     def FitGad(
         self, requests: Iterator[pb.FitGadRequest], context: grpc.ServicerContext
     ) -> pb.Operation:
         config, items = config_then_items(requests, "FitGadRequest")
-        op = core.start_gad_fit(
-            self.services,
-            conv.gad_fit_input(config),
-            (conv.streamed_item(i, item) for i, item in items),
-        )
+        fit = conv.gad_fit_input(config)
+        op = core.start_gad_fit(self.services, fit, conv.streamed_items(items))
         return conv.operation(op)
 
     def GetOperation(

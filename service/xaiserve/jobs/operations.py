@@ -50,7 +50,8 @@ class OperationState:
 
 
 def json_safe(value: Any) -> Any:
-    """Plain JSON values: numpy scalars/arrays as lists and numbers, NaN/inf as ``None``."""
+    """Plain JSON values: numpy scalars/arrays as lists and numbers, NaN/inf as ``None`` (JSON
+    has no NaN, and clients parse JSON), anything else unknown as its text."""
     if isinstance(value, dict):
         return {str(k): json_safe(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
@@ -59,7 +60,9 @@ def json_safe(value: Any) -> Any:
         return json_safe(value.tolist())
     if isinstance(value, float) and not math.isfinite(value):
         return None
-    return value
+    if isinstance(value, bool | int | float | str) or value is None:
+        return value
+    return str(value)
 
 
 class OperationHandle:
