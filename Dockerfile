@@ -9,7 +9,7 @@
 # Stages (BuildKit builds only those the chosen VARIANT needs):
 #   python-cpu  python:3.11-slim (Debian)                          runtime base, VARIANT=cpu
 #   python-gpu  CUDA + cuDNN runtime (Ubuntu) + CPython 3.11        runtime base, VARIANT=gpu
-#   builder     python-${VARIANT} + /opt/venv with torch and xaiserve installed
+#   builder     python-${VARIANT} + /opt/venv: torch, xaiserve and xaiserve-client at the locked versions
 #   runtime     python-${VARIANT} + /opt/venv, non-root, read-only-root friendly
 #
 # Base images are pinned by version tag; pin them by digest (@sha256:...) in your registry mirror.
@@ -53,8 +53,6 @@ RUN --mount=from=uv,source=/usr/local/bin/uv,target=/usr/local/bin/uv \
 # ---------------------------------------------------------------------------------------------
 FROM python-${VARIANT} AS builder
 ARG VARIANT
-ARG TORCH_VERSION=2.14.1
-ARG TORCHVISION_VERSION=0.29.1
 ARG TORCH_INDEX_CPU=https://download.pytorch.org/whl/cpu
 ARG TORCH_INDEX_GPU=https://download.pytorch.org/whl/cu130
 ENV PIP_NO_CACHE_DIR=1 \
@@ -64,32 +62,36 @@ ENV PIP_NO_CACHE_DIR=1 \
 RUN "$(readlink -f "$(command -v xaiserve-python)")" -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 
-# torch first, from the PyTorch index for the variant (CPU wheels are ~10x smaller than CUDA
-# ones); its own layer, so code changes do not re-download it.
+# The lock files (`make lock`) pin every version this image installs: requirements/cpu.txt is
+# also what CI tests; requirements/gpu.txt has onnxruntime-gpu instead of onnxruntime.
+WORKDIR /src
+COPY requirements/ requirements/
+
+# torch first, at the locked version, from the PyTorch index for the variant (CPU wheels are
+# ~10x smaller than CUDA ones); its own layer, so code changes do not re-download it.
 RUN set -eux; \
     case "${VARIANT}" in \
         cpu) index="${TORCH_INDEX_CPU}" ;; \
         gpu) index="${TORCH_INDEX_GPU}" ;; \
         *) echo "VARIANT must be cpu or gpu, not ${VARIANT}" >&2; exit 1 ;; \
     esac; \
-    pip install --index-url "$index" "torch==${TORCH_VERSION}" "torchvision==${TORCHVISION_VERSION}"; \
-    python -c "import torch; assert torch.__version__.split('+')[0] == '${TORCH_VERSION}', torch.__version__"
+    lock="requirements/${VARIANT}.txt"; \
+    torch="$(sed -n 's/^torch==\([^ ;]*\).*/\1/p' "$lock")"; \
+    vision="$(sed -n 's/^torchvision==\([^ ;]*\).*/\1/p' "$lock")"; \
+    pip install --index-url "$index" "torch==${torch}" "torchvision==${vision}"; \
+    python -c "import torch; assert torch.__version__.split('+')[0] == '${torch}', torch.__version__"
 
-WORKDIR /src
-# .dockerignore lets in only what the install needs (pyproject, sources, protos, models).
+# .dockerignore lets in only what the install needs (pyproject, sources, protos, lock, models).
 COPY . .
-# The gpu extra brings onnxruntime-gpu; the CPU onnxruntime (a base dependency) provides the
-# same `onnxruntime` module, so it is removed and onnxruntime-gpu reinstalled over it.
+# Both distributions (the client carries the stubs and the `xaiserve` command) with the
+# variant's extra: `cpu` brings onnxruntime, `gpu` brings onnxruntime-gpu instead, never both.
+# torch's CUDA libraries came with torch from the PyTorch index, so their PyPI pins (nvidia-*,
+# triton) are left out of the constraints. `pip check` fails the build on any broken requirement.
 RUN set -eux; \
-    if [ "${VARIANT}" = gpu ]; then \
-        pip install ".[gpu]"; \
-        ort="$(python -c 'import importlib.metadata as m; print(m.version("onnxruntime-gpu"))')"; \
-        pip uninstall -y onnxruntime || true; \
-        pip install --no-deps --force-reinstall "onnxruntime-gpu==${ort}"; \
-    else \
-        pip install .; \
-    fi; \
-    python -c "import torch, onnxruntime, xaiserve; print('torch', torch.__version__, 'ort', onnxruntime.__version__, onnxruntime.get_available_providers())"; \
+    grep -v -E '^(nvidia-|triton|cuda-)' "requirements/${VARIANT}.txt" > /tmp/constraints.txt; \
+    pip install -c /tmp/constraints.txt ./clients/python ".[${VARIANT}]"; \
+    pip check; \
+    python -c "import torch, onnxruntime, xaiserve, xaiserve_client; print('torch', torch.__version__, 'ort', onnxruntime.__version__, onnxruntime.get_available_providers())"; \
     test -x /opt/venv/bin/xaiserve
 
 # ---------------------------------------------------------------------------------------------

@@ -4,22 +4,29 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 PROTO_SRC := $(wildcard protos/xaiserve/v1/*.proto)
+# The exact versions CI and the CPU image install (`make lock` regenerates both lock files).
+LOCK ?= requirements/cpu.txt
+UV_COMPILE := $(VENV)/bin/uv pip compile --quiet --universal --python-version 3.11 \
+	--no-emit-package xaiserve --no-emit-package xaiserve-client --custom-compile-command "make lock"
 
-.PHONY: help venv demo test test-fast lint proto bench serve clean
+.PHONY: help venv demo test test-fast lint proto lock wheels bench serve clean
 
 help:
 	@echo "make demo   - set up, start the server on the bundled model, explain through the SDK, write images + table"
 	@echo "make test   - set up and run the whole test suite"
 	@echo "make lint   - ruff + mypy + import-linter (imports point down)"
-	@echo "make proto  - regenerate gRPC stubs from protos/"
+	@echo "make proto  - regenerate gRPC stubs (and the shipped protos) from protos/"
+	@echo "make lock   - re-resolve requirements/*.txt after a dependency change in a pyproject"
+	@echo "make wheels - build the xaiserve-client and xaiserve wheels into dist/"
 	@echo "make bench  - run the benchmarks under bench/ (minutes)"
 
 venv: $(STAMP)
 
-$(STAMP): pyproject.toml
+# Both distributions, editable, with the dev tools, at the locked versions.
+$(STAMP): pyproject.toml clients/python/pyproject.toml $(LOCK)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet -c $(LOCK) -e './clients/python[plot]' -e '.[cpu,dev]'
 	touch $(STAMP)
 
 demo: $(STAMP)
@@ -32,14 +39,24 @@ test-fast: $(STAMP)
 	OMP_WAIT_POLICY=PASSIVE $(PY) -m pytest -q -m "not slow" -x
 
 lint: $(STAMP)
-	$(PY) -m ruff check service clients tests bench
+	$(PY) -m ruff check service clients tests bench tools
 	$(PY) -m mypy service/xaiserve clients/python/xaiserve_client
 	$(VENV)/bin/lint-imports
 
 proto: $(STAMP)
-	$(PY) -m grpc_tools.protoc -I protos --python_out=service --pyi_out=service \
-		--grpc_python_out=service $(PROTO_SRC)
-	touch service/xaiserve/v1/__init__.py
+	$(PY) tools/gen_proto.py
+
+# Keeps the versions already locked unless a pyproject range excludes them; add --upgrade (or
+# --upgrade-package NAME) to UV_COMPILE's arguments by hand to move to newer releases.
+# CPU first; the GPU lock is constrained by it, so both images share every common version.
+lock: $(STAMP)
+	$(UV_COMPILE) -o requirements/cpu.txt requirements/cpu.in
+	$(UV_COMPILE) -c requirements/cpu.txt -o requirements/gpu.txt requirements/gpu.in
+
+wheels: $(STAMP)
+	rm -rf dist
+	$(PY) -m pip wheel --quiet --no-deps --wheel-dir dist ./clients/python .
+	ls -l dist
 
 serve: $(STAMP)
 	$(VENV)/bin/xaiserve serve
@@ -48,4 +65,4 @@ bench: $(STAMP)
 	for b in bench/[a-z]*.py; do echo "== $$b"; OMP_WAIT_POLICY=PASSIVE $(PY) $$b --quick || exit 1; done
 
 clean:
-	rm -rf demo-output .pytest_cache .mypy_cache .ruff_cache
+	rm -rf demo-output dist build .pytest_cache .mypy_cache .ruff_cache

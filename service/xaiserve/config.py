@@ -18,12 +18,31 @@ DEFAULT_PORT = 50051
 DEFAULT_METRICS_PORT = 9464
 
 
-def _bundled_models() -> str:
+#: Where an installed server (a wheel, the Docker image) looks for models when neither
+#: ``XAISERVE_MODELS_DIR`` nor ``--models`` names a repository: the image's volume.
+INSTALLED_MODELS_DIR = "/models"
+
+
+def default_models_dir() -> tuple[str, str]:
+    """The ``models_dir`` used when nothing sets one, and why: a source checkout (this module
+    under a folder with ``pyproject.toml`` and ``models/``) serves its bundled ``models/``;
+    an installed server uses :data:`INSTALLED_MODELS_DIR`."""
     here = Path(__file__).resolve()
     for parent in here.parents:
         if (parent / "models").is_dir() and (parent / "pyproject.toml").is_file():
-            return str(parent / "models")
-    return "/models"
+            return str(parent / "models"), "default: the source checkout's bundled models/"
+    return INSTALLED_MODELS_DIR, "default for an installed server"
+
+
+def models_dir_origin(models_dir: str, environ: Mapping[str, str] | None = None) -> str:
+    """Where ``models_dir`` came from, for the startup log line."""
+    env = os.environ if environ is None else environ
+    if env.get(ENV_PREFIX + "MODELS_DIR") == models_dir:
+        return f"from {ENV_PREFIX}MODELS_DIR"
+    default, why = default_models_dir()
+    if models_dir == default:
+        return f"{why}; set {ENV_PREFIX}MODELS_DIR or --models to change it"
+    return "set by --models (or the caller's Settings)"
 
 
 @dataclass(frozen=True)
@@ -33,7 +52,7 @@ class Settings:
     host: str = "0.0.0.0"
     port: int = DEFAULT_PORT
     metrics_port: int = DEFAULT_METRICS_PORT  # 0 disables the metrics HTTP server
-    models_dir: str = field(default_factory=_bundled_models)
+    models_dir: str = field(default_factory=lambda: default_models_dir()[0])
     reflection: bool = True
     worker_threads: int = 32  # gRPC handler threads
     max_concurrent_requests: int = 24  # admitted RPCs at once; more → RESOURCE_EXHAUSTED

@@ -31,7 +31,7 @@ from xaiserve_client import (
     Unavailable,
     Unimplemented,
 )
-from xaiserve_client.client import method_names
+from xaiserve_client.builders import method_names
 from xaiserve_client.demo import free_port
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -13,8 +13,9 @@ from PIL import Image as PILImage
 
 from xaiserve.v1 import explain_pb2 as pb
 from xaiserve_client import errors
+from xaiserve_client.builders import class_ref, method_params, score_request
+from xaiserve_client.channel import service_config
 from xaiserve_client.cli import parse_class, parse_params
-from xaiserve_client.client import class_ref, method_params, score_request, service_config
 from xaiserve_client.images import (
     SIGNED_COLORMAP,
     UNSIGNED_COLORMAP,

@@ -1,4 +1,4 @@
-"""The committed gRPC stubs are exactly what ``make proto`` generates from protos/."""
+"""The committed gRPC stubs and shipped protos are exactly what ``make proto`` generates."""
 
 from __future__ import annotations
 
@@ -7,35 +7,42 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
-GENERATED = REPO / "service" / "xaiserve" / "v1"
+PACKAGE = REPO / "clients" / "python" / "xaiserve_client"
+
+
+def _files(root: Path) -> dict[str, bytes]:
+    found = [p for p in (root / "v1").glob("*") if p.suffix in (".py", ".pyi")]
+    found += list((root / "protos").rglob("*.proto"))
+    return {
+        str(p.relative_to(root)): p.read_bytes()
+        for p in found
+        if p.name != "__init__.py" and p.is_file()
+    }
 
 
 def test_stubs_are_fresh(tmp_path: Path) -> None:
-    protos = sorted(str(p.relative_to(REPO)) for p in (REPO / "protos").rglob("*.proto"))
     subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "grpc_tools.protoc",
-            "-I",
-            "protos",
-            f"--python_out={tmp_path}",
-            f"--pyi_out={tmp_path}",
-            f"--grpc_python_out={tmp_path}",
-            *protos,
-        ],
+        [sys.executable, str(REPO / "tools" / "gen_proto.py"), "--out", str(tmp_path)],
         cwd=REPO,
         check=True,
+        capture_output=True,
     )
-    fresh = sorted(
-        p.name for p in (tmp_path / "xaiserve" / "v1").iterdir() if p.suffix in (".py", ".pyi")
-    )
-    committed = sorted(
-        p.name
-        for p in GENERATED.iterdir()
-        if p.suffix in (".py", ".pyi") and p.name != "__init__.py"
-    )
-    assert fresh == committed, "run `make proto`: generated files differ"
-    for name in fresh:
-        new = (tmp_path / "xaiserve" / "v1" / name).read_bytes()
-        assert new == (GENERATED / name).read_bytes(), f"{name} is stale: run `make proto`"
+    fresh, committed = _files(tmp_path), _files(PACKAGE)
+    assert sorted(fresh) == sorted(committed), "run `make proto`: generated files differ"
+    for name, content in fresh.items():
+        assert committed[name] == content, f"{name} is stale: run `make proto`"
+    # the stubs import each other from their own package, never the proto's package path
+    grpc_stub = (PACKAGE / "v1" / "explain_pb2_grpc.py").read_text()
+    assert "from xaiserve_client.v1 import explain_pb2" in grpc_stub
+    assert "from xaiserve.v1 import" not in grpc_stub
+
+
+def test_protos_ship_with_the_client() -> None:
+    import xaiserve_client
+    from xaiserve_client.v1 import explain_pb2
+
+    shipped = xaiserve_client.protos_dir() / "xaiserve" / "v1" / "explain.proto"
+    assert shipped.read_bytes() == (REPO / "protos" / "xaiserve" / "v1" / "explain.proto").read_bytes()
+    # the descriptor keeps the proto's own path, so reflection and other languages agree
+    assert explain_pb2.DESCRIPTOR.name == "xaiserve/v1/explain.proto"
+    assert explain_pb2.DESCRIPTOR.package == "xaiserve.v1"

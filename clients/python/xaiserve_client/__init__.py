@@ -4,7 +4,11 @@
   service; results are typed dataclasses with numpy arrays (:mod:`xaiserve_client.types`).
 - Failed calls raise :class:`XaiserveError` subclasses (:mod:`xaiserve_client.errors`).
 - :mod:`xaiserve_client.images` converts image inputs and draws heatmap overlays.
+- :mod:`xaiserve_client.v1` holds the generated gRPC stubs; :func:`protos_dir` the ``.proto``
+  files they come from.
 """
+
+from pathlib import Path
 
 from xaiserve_client.aio import AsyncExplainClient
 from xaiserve_client.client import ExplainClient
@@ -37,6 +41,13 @@ from xaiserve_client.types import (
 
 __version__ = "0.1.0"
 
+
+def protos_dir() -> Path:
+    """The folder holding the service's ``.proto`` files (``xaiserve/v1/explain.proto``), shipped
+    in this package for clients in other languages: pass it to ``protoc -I``."""
+    return Path(__file__).resolve().parent / "protos"
+
+
 __all__ = [
     "AsyncExplainClient",
     "Cancelled",
@@ -62,4 +73,5 @@ __all__ = [
     "Unavailable",
     "Unimplemented",
     "XaiserveError",
+    "protos_dir",
 ]

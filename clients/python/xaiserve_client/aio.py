@@ -20,18 +20,10 @@ import grpc
 import grpc.aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from xaiserve.v1 import explain_pb2 as pb
-from xaiserve.v1 import explain_pb2_grpc as pb_grpc
-from xaiserve_client.client import (
-    DEFAULT,
+from xaiserve_client.builders import (
     DEFAULT_METHOD,
-    DEFAULT_TARGET,
     ClassInput,
     LabelledInput,
-    Timeout,
-    auth_metadata,
-    channel_credentials,
-    channel_options,
     class_ref,
     evaluate_config,
     evaluate_requests,
@@ -42,9 +34,19 @@ from xaiserve_client.client import (
     predict_request,
     score_request,
 )
+from xaiserve_client.channel import (
+    DEFAULT,
+    DEFAULT_TARGET,
+    Timeout,
+    auth_metadata,
+    channel_credentials,
+    channel_options,
+)
 from xaiserve_client.errors import NotFound, Unavailable, XaiserveError, from_rpc_error
 from xaiserve_client.images import ImageInput
 from xaiserve_client.types import Explanation, ModelInfo, Operation, Prediction, ScoreResult
+from xaiserve_client.v1 import explain_pb2 as pb
+from xaiserve_client.v1 import explain_pb2_grpc as pb_grpc
 
 T = TypeVar("T")
 Images = Iterable[ImageInput] | AsyncIterable[ImageInput]

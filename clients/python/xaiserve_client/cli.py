@@ -1,28 +1,9 @@
-"""The ``xaiserve`` command: run the server, or call it.
-
-Examples::
-
-    xaiserve serve --port 50051 --models models/
-    xaiserve models
-    xaiserve predict cat.png dog.png --top-k 3
-    xaiserve explain cat.png --method saliency --param channel_norm=linf --out cat-sal.png
-    xaiserve explain cat.png --method regional_prediction_difference \\
-        --param scales=3 --param segmentation.algorithm=felzenszwalb
-    xaiserve score cat.png --method saliency --steps 50 --mask cat-mask.png
-    xaiserve evaluate data/ --method saliency --method lrp --param lrp.epsilon=0.1 --steps 20
-    xaiserve operations 3d14...e7 --watch
-
-Client commands talk to ``--server`` (default ``$XAISERVE_SERVER`` or ``localhost:50051``) and
-print a table, or JSON with ``--json``. Errors go to stderr with the server's message; the exit
-status is 1 (2 for usage errors).
-"""
+"""The ``xaiserve`` command: run the server, or call it (see :data:`DESCRIPTION`)."""
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import dataclasses
-import datetime as dt
 import itertools
 import json
 import os
@@ -35,12 +16,52 @@ from typing import Any, TextIO
 
 import numpy as np
 
-from xaiserve_client.client import DEFAULT_TARGET, ExplainClient, method_names
+from xaiserve_client.builders import method_names
+from xaiserve_client.channel import DEFAULT_TARGET
+from xaiserve_client.client import ExplainClient
 from xaiserve_client.errors import Unavailable, XaiserveError
-from xaiserve_client.types import Explanation, ModelInfo, Operation, Prediction, ScoreResult
+from xaiserve_client.images import PLOT_EXTRA_HINT, plotting_available
+from xaiserve_client.types import (
+    Explanation,
+    ModelInfo,
+    Operation,
+    Prediction,
+    ScoreResult,
+    jsonable,
+)
+
+DESCRIPTION = """\
+Run the xaiserve server, or call it.
+
+examples:
+  xaiserve serve --port 50051 --models models/
+  xaiserve models
+  xaiserve predict cat.png dog.png --top-k 3
+  xaiserve explain cat.png --method saliency --param channel_norm=linf --out cat-sal.png
+  xaiserve explain cat.png --method regional_prediction_difference \\
+      --param scales=3 --param segmentation.algorithm=felzenszwalb
+  xaiserve score cat.png --method saliency --steps 50 --mask cat-mask.png
+  xaiserve compare cat.png --json
+  xaiserve evaluate data/ --method saliency --method lrp --param lrp.epsilon=0.1 --steps 20
+  xaiserve operations 3d14...e7 --watch
+
+Client commands talk to --server (default: $XAISERVE_SERVER, else localhost:50051) and print
+a table, or JSON with --json. Errors go to stderr with the server's message; the exit status
+is 1 (2 for usage errors). `serve` needs the server installed: pip install 'xaiserve[cpu]'.
+"""
+"""The parser's description: plain text, as ``--help`` prints it."""
 
 # ---------------------------------------------------------------------------------------------
 # Small helpers
+
+
+def method_choice(text: str) -> str:
+    """A ``--method`` value: a method the protocol knows, or a usage error that suggests one."""
+    from xaiserve_client.builders import unknown_method_message
+
+    if text in method_names():
+        return text
+    raise argparse.ArgumentTypeError(unknown_method_message(text))
 
 
 def parse_class(text: str | None) -> int | str | None:
@@ -76,24 +97,8 @@ def parse_params(pairs: Sequence[str]) -> dict[str, Any]:
     return params
 
 
-def _jsonable(value: Any) -> Any:
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: _jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, (dt.datetime, Path)):
-        return str(value)
-    return value
-
-
 def _print_json(data: Any, out: TextIO) -> None:
-    json.dump(_jsonable(data), out, indent=2)
+    json.dump(jsonable(data), out, indent=2)
     out.write("\n")
 
 
@@ -179,7 +184,12 @@ def _add_serve(sub: Any) -> None:
     p.add_argument("--host", help="address to bind (default 0.0.0.0)")
     p.add_argument("--port", type=int, help="gRPC port (default 50051; 0 = any free port)")
     p.add_argument("--metrics-port", type=int, help="Prometheus port (default 9464; 0 = off)")
-    p.add_argument("--models", metavar="DIR", help="model repository (default: bundled models/)")
+    p.add_argument(
+        "--models",
+        metavar="DIR",
+        help="model repository (default: $XAISERVE_MODELS_DIR, else a source checkout's "
+        "models/, else /models; the server logs which one it uses)",
+    )
     p.add_argument("--no-reflection", action="store_true", help="disable server reflection")
     p.add_argument("--log-format", choices=("json", "text"), help="log format (default json)")
     p.add_argument("--log-level", help="log level (default INFO)")
@@ -215,7 +225,7 @@ def _add_client_commands(sub: Any, parent: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--method",
         required=True,
-        choices=method_names(),
+        type=method_choice,
         metavar="METHOD",
         help="one of: " + ", ".join(method_names()),
     )
@@ -241,7 +251,7 @@ def _add_client_commands(sub: Any, parent: argparse.ArgumentParser) -> None:
     source.add_argument("--heatmap", type=Path, help="heatmap .npy on the model's input grid")
     source.add_argument(
         "--method",
-        choices=method_names(),
+        type=method_choice,
         metavar="METHOD",
         help="compute the heatmap with this method",
     )
@@ -281,7 +291,7 @@ def _add_client_commands(sub: Any, parent: argparse.ArgumentParser) -> None:
         "--method",
         action="append",
         required=True,
-        choices=method_names(),
+        type=method_choice,
         metavar="METHOD",
         help="method to evaluate (repeatable)",
     )
@@ -325,7 +335,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(
         prog="xaiserve",
-        description=__doc__,
+        description=DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
@@ -339,10 +349,41 @@ def build_parser() -> argparse.ArgumentParser:
 # Commands
 
 
+SERVER_INSTALL_HINT = (
+    "install the server: pip install 'xaiserve[cpu]' (or 'xaiserve[gpu]' for CUDA); "
+    "from a source checkout: make venv"
+)
+
+
+def _server_missing(exc: ImportError) -> str | None:
+    """What to install when importing the server failed, or None for an unrelated ImportError."""
+    missing = (exc.name or "").split(".")[0]
+    if missing == "xaiserve":
+        return f"the xaiserve server is not installed (only its client is): {SERVER_INSTALL_HINT}"
+    if missing:
+        return f"the server needs {missing!r}, which is not installed: {SERVER_INSTALL_HINT}"
+    return None
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     """Build settings from the environment and flags, then run the server until signalled."""
-    from xaiserve.config import Settings  # lazily: client commands never import the server
+    import importlib.util
 
+    try:  # lazily: client commands never import the server
+        from xaiserve.config import Settings
+    except ImportError as exc:
+        hint = _server_missing(exc)
+        if hint is None:
+            raise
+        print(f"xaiserve serve: {hint}", file=sys.stderr)
+        return 1
+    if importlib.util.find_spec("onnxruntime") is None:
+        print(
+            "xaiserve serve: no ONNX Runtime is installed: pip install 'xaiserve[cpu]' "
+            "(onnxruntime) or 'xaiserve[gpu]' (onnxruntime-gpu)",
+            file=sys.stderr,
+        )
+        return 1
     overrides = {
         "host": args.host,
         "port": args.port,
@@ -361,8 +402,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except (TypeError, ValueError) as exc:
         print(f"xaiserve serve: {exc}", file=sys.stderr)
         return 2
-    from xaiserve.api.server import serve_and_exit
-
+    try:
+        from xaiserve.api.server import serve_and_exit
+    except ImportError as exc:
+        hint = _server_missing(exc)
+        if hint is None:
+            raise
+        print(f"xaiserve serve: {hint}", file=sys.stderr)
+        return 1
     serve_and_exit(settings)
 
 
@@ -442,7 +489,7 @@ def cmd_predict(args: argparse.Namespace, client: ExplainClient) -> int:
         )
     if args.json:
         _print_json(
-            [{"image": i, **_jsonable(p)} for i, p in zip(images, predictions, strict=True)],
+            [{"image": i, **jsonable(p)} for i, p in zip(images, predictions, strict=True)],
             sys.stdout,
         )
         return 0
@@ -467,6 +514,10 @@ def _class_text(score: Any) -> str:
 
 
 def cmd_explain(args: argparse.Namespace, client: ExplainClient) -> int:
+    drawing = plotting_available()  # the overlay PNG needs the plot extra
+    if args.out is not None and not drawing:
+        print(f"xaiserve explain: --out draws with matplotlib: {PLOT_EXTRA_HINT}", file=sys.stderr)
+        return 1
     params = parse_params(args.param)
     with spinner(f"explaining with {args.method}"):
         explanation: Explanation = client.explain(
@@ -478,14 +529,19 @@ def cmd_explain(args: argparse.Namespace, client: ExplainClient) -> int:
             contrast=parse_class(args.contrast),
             params=params,
         )
-    out: Path = args.out or Path(f"{Path(args.image).stem}.{args.method}.png")
-    resize = _input_resize(
-        client,
-        explanation.provenance["model"] or (args.model or ""),
-        explanation.provenance["version"] or args.version,
-    )
-    explanation.save_png(out, image=args.image, resize=resize, scale=args.scale)
-    npy = out.with_suffix(".npy") if args.save_npy else None
+    default_out = Path(f"{Path(args.image).stem}.{args.method}.png")
+    out: Path | None = args.out or default_out
+    if not drawing:
+        print(f"no overlay PNG: it needs matplotlib ({PLOT_EXTRA_HINT})", file=sys.stderr)
+        out = None
+    if out is not None:
+        resize = _input_resize(
+            client,
+            explanation.provenance["model"] or (args.model or ""),
+            explanation.provenance["version"] or args.version,
+        )
+        explanation.save_png(out, image=args.image, resize=resize, scale=args.scale)
+    npy = (out or default_out).with_suffix(".npy") if args.save_npy else None
     if npy is not None:
         np.save(npy, explanation.heatmap)
     summary = {
@@ -498,7 +554,7 @@ def cmd_explain(args: argparse.Namespace, client: ExplainClient) -> int:
         "values": explanation.values,
         "provenance": explanation.provenance,
         "heatmap_shape": list(explanation.heatmap.shape),
-        "overlay": str(out),
+        "overlay": str(out) if out else None,
         "heatmap_npy": str(npy) if npy else None,
     }
     if args.json:
@@ -511,7 +567,7 @@ def cmd_explain(args: argparse.Namespace, client: ExplainClient) -> int:
         ["heatmap", "x".join(str(s) for s in explanation.heatmap.shape)],
         ["forward passes", explanation.forward_passes],
         ["server time", f"{explanation.timings.total:.3f} s"],
-        ["overlay", out],
+        ["overlay", out or "-"],
     ]
     if npy is not None:
         rows.append(["heatmap .npy", npy])

@@ -16,6 +16,7 @@ from xaiserve_client.compare import (
     mean_curves_figure,
     write_outputs,
 )
+from xaiserve_client.images import PLOT_EXTRA_HINT, plotting_available
 
 if TYPE_CHECKING:
     from xaiserve_client.client import ExplainClient
@@ -70,6 +71,8 @@ def cmd_compare(args: argparse.Namespace, client: ExplainClient) -> int:
         progress=lambda m: print(f"  {m} …", file=sys.stderr, flush=True),
     )
     paths = write_outputs(comparison, args.out)
+    if "png" not in paths:
+        print(f"no PNG/HTML figures: they need matplotlib ({PLOT_EXTRA_HINT})", file=sys.stderr)
     if args.json:
         print(json.dumps(comparison.to_dict(), indent=2, default=str))
         return 0
@@ -116,7 +119,9 @@ def _compare_folder(args: argparse.Namespace, client: ExplainClient, morf: dict[
         return 1
     lines = write_aggregate(operation.result, args.out)
     print("\n".join(lines))
-    print(f"written: {args.out}/aggregate.csv, aggregate.md, aopc_curves.png, aggregate.json")
+    names = ["aggregate.csv", "aggregate.md", "aggregate.json"]
+    names += ["aopc_curves.png"] if plotting_available() else []
+    print(f"written: {args.out}/" + ", ".join(names))
     return 0
 
 
@@ -133,7 +138,11 @@ def write_aggregate(result: dict[str, Any], out: Path) -> list[str]:
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(_cell(row.get(c)) for c in columns) + " |" for row in rows]
     (out / "aggregate.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
-    mean_curves_figure(result.get("relative_aopc_curves", {})).savefig(out / "aopc_curves.png")
+    if plotting_available():
+        curves = mean_curves_figure(result.get("relative_aopc_curves", {}))
+        curves.savefig(out / "aopc_curves.png")
+    else:
+        print(f"no aopc_curves.png: it needs matplotlib ({PLOT_EXTRA_HINT})", file=sys.stderr)
     (out / "aggregate.json").write_text(json.dumps(result, indent=2), encoding="utf-8")
     return lines
 

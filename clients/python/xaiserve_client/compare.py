@@ -24,7 +24,14 @@ import numpy as np
 from numpy.typing import NDArray
 
 from xaiserve_client.errors import XaiserveError
-from xaiserve_client.images import ImageInput, fit_to_grid, load_mask, load_rgb
+from xaiserve_client.images import (
+    ImageInput,
+    fit_to_grid,
+    load_mask,
+    load_rgb,
+    plotting_available,
+    require_plot,
+)
 from xaiserve_client.types import ClassScore, Explanation, ScoreResult
 
 if TYPE_CHECKING:
@@ -132,6 +139,7 @@ class Comparison:
     def figure(self, columns: int = 4, panel_inches: float = 3.0) -> Figure:
         """A grid: the input, then one overlay per method with its name, target and score,
         AOPC and time, each with a colour bar."""
+        require_plot("Comparison.figure")
         from matplotlib.figure import Figure
 
         panels = 1 + len(self.succeeded)
@@ -160,6 +168,7 @@ class Comparison:
     # -- HTML ------------------------------------------------------------------------------
     def to_html(self, path: str | Path) -> Path:
         """A self-contained page: the grid, per-scale maps, the contrastive pair and a table."""
+        require_plot("Comparison.to_html")
         out = Path(path)
         parts = [
             "<!DOCTYPE html>",
@@ -378,14 +387,15 @@ def compare(
 def write_outputs(
     comparison: Comparison, out_dir: str | Path, stem: str = "compare"
 ) -> dict[str, Path]:
-    """The PNG grid, the HTML page and the JSON numbers in ``out_dir``."""
+    """The JSON numbers in ``out_dir``, and with matplotlib (the ``plot`` extra) the PNG grid
+    and the HTML page too."""
     folder = Path(out_dir)
     folder.mkdir(parents=True, exist_ok=True)
-    return {
-        "png": comparison.save_png(folder / f"{stem}.png"),
-        "html": comparison.to_html(folder / f"{stem}.html"),
-        "json": comparison.save_json(folder / f"{stem}.json"),
-    }
+    written = {"json": comparison.save_json(folder / f"{stem}.json")}
+    if plotting_available():
+        written["png"] = comparison.save_png(folder / f"{stem}.png")
+        written["html"] = comparison.to_html(folder / f"{stem}.html")
+    return written
 
 
 # -- rendering helpers ---------------------------------------------------------------------
@@ -470,6 +480,7 @@ def _mask_on_grid(mask: Any, height: int, width: int) -> NDArray[np.bool_]:
 
 def mean_curves_figure(relative: Mapping[str, Iterable[float]]) -> Figure:
     """Mean AOPC − AOPC_random as a function of perturbation steps (Samek et al. Fig. 4)."""
+    require_plot("the AOPC curves figure")
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(6, 4), dpi=100)

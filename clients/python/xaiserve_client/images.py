@@ -7,8 +7,14 @@ Inputs: every SDK call that takes an image accepts
 - a ``PIL.Image.Image``: sent as PNG bytes (RGB, or L for grayscale);
 - encoded ``bytes``: sent as they are;
 - a ``numpy`` array ``(H, W, 3)`` RGB or ``(H, W)`` grayscale, ``uint8`` or floating point on
-  the 0..255 scale: sent as a raw tensor (floats as ``float32``);
-- an ``xaiserve.v1.explain_pb2.Image`` message: sent as it is.
+  the 0..255 scale: sent as a raw tensor (floats as ``float32``). Channels-first ``(3, H, W)``
+  and ``(1, H, W)`` arrays (PyTorch's layout) are transposed, and a leading batch axis of one,
+  ``(1, 3, H, W)``, is dropped; where both readings fit (``(3, H, 3)``), channels-last wins;
+- a ``torch.Tensor`` of any of those shapes (on any device; gradients are detached): converted
+  as the numpy array would be. Values keep the 0..255 scale: multiply a ``ToTensor()`` image
+  (0..1) by 255 first. torch is never imported here; a tensor can only come from a caller that
+  already imported it;
+- an ``xaiserve_client.v1.explain_pb2.Image`` message: sent as it is.
 
 Outputs: :func:`colorize` turns a heatmap into colours (a diverging colormap centred at zero
 for signed maps, a sequential one for unsigned maps) and :func:`overlay` lays it over the
@@ -19,17 +25,33 @@ from __future__ import annotations
 
 import io
 import os
+import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 from numpy.typing import NDArray
 from PIL import Image as PILImage
 
-from xaiserve.v1 import explain_pb2 as pb
+from xaiserve_client.v1 import explain_pb2 as pb
+
+
+class TensorLike(Protocol):
+    """A ``torch.Tensor`` as far as typing goes (torch is never imported here)."""
+
+    def detach(self) -> Any: ...
+
 
 ImageInput = (
-    str | os.PathLike[str] | bytes | bytearray | memoryview | PILImage.Image | np.ndarray | pb.Image
+    str
+    | os.PathLike[str]
+    | bytes
+    | bytearray
+    | memoryview
+    | PILImage.Image
+    | np.ndarray
+    | TensorLike
+    | pb.Image
 )
 """Anything the SDK accepts as an image (see the module docstring)."""
 
@@ -115,12 +137,31 @@ def _encoded(data: bytes) -> bytes:
         return data  # not an image Pillow knows: the server names the problem
 
 
+def _torch_to_numpy(image: Any) -> np.ndarray | None:
+    """A torch tensor as a numpy array, or None for anything else. Never imports torch: if the
+    caller has a tensor, torch is already in ``sys.modules``."""
+    torch = sys.modules.get("torch")
+    if torch is None or not isinstance(image, torch.Tensor):
+        return None
+    tensor = image.detach().cpu()
+    if tensor.dtype == torch.bfloat16 or tensor.dtype == torch.float16:
+        tensor = tensor.float()
+    return np.asarray(tensor.numpy())
+
+
 def _check_array(array: np.ndarray) -> np.ndarray:
+    """An image array as ``(H, W)`` or ``(H, W, 3)``, uint8 or float32 (see the module doc)."""
     arr = np.asarray(array)
+    if arr.ndim == 4 and arr.shape[0] == 1:
+        arr = arr[0]  # a batch of one
+    if arr.ndim == 3 and arr.shape[2] not in (1, 3) and arr.shape[0] in (1, 3):
+        arr = np.moveaxis(arr, 0, -1)  # channels first (C, H, W)
     if arr.ndim == 3 and arr.shape[2] == 1:
         arr = arr[:, :, 0]
     if not (arr.ndim == 2 or (arr.ndim == 3 and arr.shape[2] == 3)):
-        raise ValueError(f"image arrays must be (H, W, 3) RGB or (H, W) gray, got {arr.shape}")
+        raise ValueError(
+            f"image arrays must be (H, W, 3) or (3, H, W) RGB, or (H, W) gray, got {arr.shape}"
+        )
     if arr.dtype == np.uint8:
         return arr
     if np.issubdtype(arr.dtype, np.floating):
@@ -143,14 +184,20 @@ def to_image_proto(image: ImageInput) -> pb.Image:
         return pb.Image(encoded=_png_bytes(image))
     if isinstance(image, np.ndarray):
         return pb.Image(tensor=array_to_tensor(_check_array(image)))
+    array = _torch_to_numpy(image)
+    if array is not None:
+        return pb.Image(tensor=array_to_tensor(_check_array(array)))
     raise TypeError(
-        f"unsupported image type {type(image).__name__}: pass a path, PIL image, bytes or "
-        "numpy array"
+        f"unsupported image type {type(image).__name__}: pass a path, PIL image, bytes, "
+        "numpy array or torch tensor"
     )
 
 
 def load_rgb(image: ImageInput) -> NDArray[np.uint8]:
     """Any accepted input as a ``uint8 (H, W, 3)`` RGB array (for drawing overlays)."""
+    tensor_array = _torch_to_numpy(image)
+    if tensor_array is not None:
+        image = tensor_array
     if isinstance(image, np.ndarray):
         arr = _check_array(image)
         if arr.dtype != np.uint8:
@@ -202,6 +249,30 @@ def load_mask(path: str | os.PathLike[str]) -> NDArray[np.bool_]:
 # ---------------------------------------------------------------------------------------------
 # Heatmap pictures
 
+PLOT_EXTRA_HINT = "pip install 'xaiserve-client[plot]'"
+
+
+class PlotExtraMissing(ImportError):
+    """Drawing was asked for, but matplotlib (the ``plot`` extra) is not installed."""
+
+
+def plotting_available() -> bool:
+    """Whether matplotlib, which every picture and figure needs, can be imported."""
+    import importlib.util
+
+    if "matplotlib" in sys.modules:  # imported, or blocked with None
+        return sys.modules["matplotlib"] is not None
+    return importlib.util.find_spec("matplotlib") is not None
+
+
+def require_plot(what: str) -> None:
+    """Raise :class:`PlotExtraMissing`, naming the extra to install, if matplotlib is absent."""
+    if not plotting_available():
+        raise PlotExtraMissing(
+            f"{what} needs matplotlib, which is not installed: {PLOT_EXTRA_HINT}",
+            name="matplotlib",
+        )
+
 
 def colormap_name(signed: bool) -> str:
     """The colormap used for a heatmap: diverging if ``signed``, else sequential."""
@@ -226,6 +297,7 @@ def normalize(heatmap: NDArray[Any], signed: bool, percentile: float = 99.5) -> 
 
 def colorize(heatmap: NDArray[Any], signed: bool) -> NDArray[np.uint8]:
     """The heatmap as a ``uint8 (H, W, 3)`` picture (colormap from :func:`colormap_name`)."""
+    require_plot("drawing a heatmap")
     from matplotlib import colormaps  # imported lazily: only drawing needs it
 
     if np.ndim(heatmap) != 2:
@@ -291,9 +363,12 @@ def save_overlay(
 
 
 __all__ = [
+    "PLOT_EXTRA_HINT",
     "SIGNED_COLORMAP",
     "UNSIGNED_COLORMAP",
     "ImageInput",
+    "PlotExtraMissing",
+    "TensorLike",
     "array_to_tensor",
     "colorize",
     "colormap_name",
@@ -303,6 +378,8 @@ __all__ = [
     "load_rgb",
     "normalize",
     "overlay",
+    "plotting_available",
+    "require_plot",
     "save_overlay",
     "tensor_to_array",
     "to_image_proto",

@@ -6,7 +6,9 @@ Heatmaps and curves are numpy arrays, provenance and operation results are plain
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
+import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,8 +18,8 @@ import numpy as np
 from google.protobuf import struct_pb2
 from numpy.typing import NDArray
 
-from xaiserve.v1 import explain_pb2 as pb
 from xaiserve_client.images import ImageInput, save_overlay, tensor_to_array
+from xaiserve_client.v1 import explain_pb2 as pb
 
 FloatArray = NDArray[np.float64]
 
@@ -36,6 +38,24 @@ def _value(value: struct_pb2.Value) -> Any:
 def _struct(message: struct_pb2.Struct) -> dict[str, Any]:
     """A ``Struct`` as a dict (numbers stay floats; NaN is kept, unlike ``MessageToDict``)."""
     return {key: _value(v) for key, v in message.fields.items()}
+
+
+def jsonable(value: Any) -> Any:
+    """Results as JSON-ready values: dataclasses as dicts, numpy arrays as nested lists, numpy
+    scalars as numbers, datetimes and paths as strings (what ``--json`` prints)."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, (dt.datetime, Path)):
+        return str(value)
+    return value
 
 
 def _time(message: Any) -> dt.datetime | None:
@@ -164,6 +184,53 @@ class Explanation:
             provenance=provenance_dict(message.provenance),
             method=message.method,
             request_id=message.request_id,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """Every field as JSON-ready values: arrays as nested lists, classes and timings as
+        dicts (``json.dumps`` takes it as it is)."""
+        data: dict[str, Any] = jsonable(self)
+        return data
+
+    def to_json(self, **kwargs: Any) -> str:
+        """:meth:`to_dict` as a JSON string; ``kwargs`` go to :func:`json.dumps`."""
+        return json.dumps(self.to_dict(), **kwargs)
+
+    def save_npz(self, path: str | os.PathLike[str]) -> Path:
+        """Write one compressed ``.npz``: ``heatmap``, every extra map as ``maps/<name>``, and
+        the other fields as JSON in ``meta``. Loads with :meth:`load_npz`, or with
+        ``numpy.load`` alone (no pickling). Returns the path written (``.npz`` appended if
+        missing)."""
+        target = Path(path)
+        if target.suffix != ".npz":
+            target = target.with_name(target.name + ".npz")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        meta = {k: v for k, v in self.to_dict().items() if k not in ("heatmap", "maps")}
+        arrays: dict[str, Any] = {"heatmap": self.heatmap, "meta": np.array(json.dumps(meta))}
+        arrays.update({f"maps/{name}": np.asarray(v) for name, v in self.maps.items()})
+        np.savez_compressed(target, **arrays)
+        return target
+
+    @classmethod
+    def load_npz(cls, path: str | os.PathLike[str]) -> Explanation:
+        """The explanation :meth:`save_npz` wrote."""
+        with np.load(Path(path), allow_pickle=False) as data:
+            meta = json.loads(str(data["meta"]))
+            heatmap = data["heatmap"]
+            maps = {k.removeprefix("maps/"): data[k] for k in data.files if k.startswith("maps/")}
+        contrast = meta.get("contrast")
+        return cls(
+            heatmap=heatmap,
+            signed=bool(meta["signed"]),
+            target=ClassScore(**meta["target"]),
+            contrast=ClassScore(**contrast) if contrast else None,
+            forward_passes=int(meta["forward_passes"]),
+            timings=Timings(**meta["timings"]),
+            maps=maps,
+            values={k: float(v) for k, v in meta["values"].items()},
+            provenance=meta["provenance"],
+            method=meta["method"],
+            request_id=meta.get("request_id", ""),
         )
 
     def save_png(

@@ -25,7 +25,7 @@ from prometheus_client import CollectorRegistry, start_http_server
 
 from xaiserve.api.interceptors import Admission, ServiceInterceptor, TokenAuthInterceptor
 from xaiserve.api.servicer import ExplainServicer
-from xaiserve.config import Settings
+from xaiserve.config import Settings, models_dir_origin
 from xaiserve.imaging.segmenter import Segmenter, install_segmenter, uninstall_segmenter
 from xaiserve.jobs.operations import OperationStore
 from xaiserve.models.repository import ModelRepository
@@ -167,6 +167,12 @@ def create_server(
         maximum_concurrent_rpcs=settings.max_rpcs or 2 * settings.max_concurrent_requests + 16,
     )
     budget = ImageBudget(settings.max_queued_images)
+    log.info(
+        "model repository %s (%s)",
+        settings.models_dir,
+        models_dir_origin(settings.models_dir),
+        extra={"models_dir": settings.models_dir},
+    )
     repository = ModelRepository(settings.models_dir, settings, metrics, budget)
     ops_dir = Path(settings.operations_dir) if settings.operations_dir else None
     operations = OperationStore(ops_dir, metrics)

@@ -3,7 +3,7 @@
 import grpc
 import warnings
 
-from xaiserve.v1 import explain_pb2 as xaiserve_dot_v1_dot_explain__pb2
+from xaiserve_client.v1 import explain_pb2 as xaiserve_dot_v1_dot_explain__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__

@@ -1,0 +1,1 @@
+"""Generated gRPC stubs for xaiserve.v1 (``make proto``; do not edit)."""
