@@ -10,13 +10,22 @@ REPO = Path(__file__).resolve().parents[2]
 PACKAGE = REPO / "clients" / "python" / "xaiserve_client"
 
 
-def _files(root: Path) -> dict[str, bytes]:
+def _client_files(root: Path) -> dict[str, bytes]:
     found = [p for p in (root / "v1").glob("*") if p.suffix in (".py", ".pyi")]
     found += list((root / "protos").rglob("*.proto"))
     return {
         str(p.relative_to(root)): p.read_bytes()
         for p in found
         if p.name != "__init__.py" and p.is_file()
+    }
+
+
+def _service_stubs(root: Path) -> dict[str, bytes]:
+    """Generated modules under a service tree (protoc names them *_pb2*.py / .pyi)."""
+    return {
+        str(p.relative_to(root)): p.read_bytes()
+        for p in root.rglob("*_pb2*.py*")
+        if p.suffix in (".py", ".pyi") and "__pycache__" not in p.parts
     }
 
 
@@ -27,11 +36,14 @@ def test_stubs_are_fresh(tmp_path: Path) -> None:
         check=True,
         capture_output=True,
     )
-    fresh, committed = _files(tmp_path), _files(PACKAGE)
-    assert sorted(fresh) == sorted(committed), "run `make proto`: generated files differ"
-    for name, content in fresh.items():
-        assert committed[name] == content, f"{name} is stale: run `make proto`"
-    # the stubs import each other from their own package, never the proto's package path
+    for fresh, committed in (
+        (_client_files(tmp_path / "client"), _client_files(PACKAGE)),
+        (_service_stubs(tmp_path / "service"), _service_stubs(REPO / "service")),
+    ):
+        assert sorted(fresh) == sorted(committed), "run `make proto`: generated files differ"
+        for name, content in fresh.items():
+            assert committed[name] == content, f"{name} is stale: run `make proto`"
+    # the API's stubs import each other from their own package, never the proto's package path
     grpc_stub = (PACKAGE / "v1" / "explain_pb2_grpc.py").read_text()
     assert "from xaiserve_client.v1 import explain_pb2" in grpc_stub
     assert "from xaiserve.v1 import" not in grpc_stub
