@@ -55,8 +55,7 @@ lock: $(STAMP)
 
 wheels: $(STAMP)
 	rm -rf dist
-	$(PY) -m pip wheel --quiet --no-deps --wheel-dir dist ./clients/python .
-	ls -l dist
+	$(PY) tools/build_wheels.py --out dist
 
 serve: $(STAMP)
 	$(VENV)/bin/xaiserve serve

@@ -21,15 +21,10 @@ LOCK = REPO / "requirements" / "cpu.txt"
 
 
 def build(out: Path) -> dict[str, Path]:
-    subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation",
-         "--wheel-dir", str(out), str(REPO / "clients" / "python"), str(REPO)],
-        check=True,
-    )  # fmt: skip
-    return {
-        "xaiserve-client": next(out.glob("xaiserve_client-*.whl")),
-        "xaiserve": next(out.glob("xaiserve-*.whl")),
-    }
+    sys.path.insert(0, str(REPO / "tools"))
+    from build_wheels import build as build_wheels  # tools/build_wheels.py (`make wheels`)
+
+    return build_wheels(out)
 
 
 def timed_install(venv: Path, *requirements: str) -> tuple[float, int]:

@@ -51,15 +51,13 @@ class ClientEnv:
 
 
 def build_wheels(out: Path) -> dict[str, Path]:
-    subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation",
-         "--wheel-dir", str(out), str(CLIENT), str(REPO)],
-        check=True, capture_output=True, timeout=300,
-    )  # fmt: skip
-    return {
-        "client": next(out.glob("xaiserve_client-*.whl")),
-        "server": next(out.glob("xaiserve-*.whl")),
-    }
+    sys.path.insert(0, str(REPO / "tools"))
+    try:
+        from build_wheels import build  # tools/build_wheels.py, what `make wheels` runs
+    finally:
+        sys.path.remove(str(REPO / "tools"))
+    wheels = build(out)
+    return {"client": wheels["xaiserve-client"], "server": wheels["xaiserve"]}
 
 
 def install_client(wheel: Path, venv: Path) -> Path:

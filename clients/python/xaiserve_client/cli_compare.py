@@ -97,7 +97,7 @@ def cmd_compare(args: argparse.Namespace, client: ExplainClient) -> int:
 
 
 def _compare_folder(args: argparse.Namespace, client: ExplainClient, morf: dict[str, Any]) -> int:
-    from xaiserve_client.cli import _follow, folder_items
+    from xaiserve_client.cli_commands import _follow, folder_items
 
     info = client.get_model(args.model) if args.model else client.list_models()[0]
     version = next(
