@@ -26,8 +26,8 @@ import grpc
 import psutil
 
 from _common import REPO, ServerProcess, best_batch_time, free_port, ort_session, print_table
-from xaiserve.v1 import explain_pb2 as pb
-from xaiserve.v1 import explain_pb2_grpc as pb_grpc
+from xaiserve_client.v1 import explain_pb2 as pb
+from xaiserve_client.v1 import explain_pb2_grpc as pb_grpc
 
 SIZE = 64
 

@@ -34,8 +34,8 @@ def measure(
 ) -> list[object]:
     import grpc
 
-    from xaiserve.v1 import explain_pb2 as pb
-    from xaiserve.v1 import explain_pb2_grpc as pb_grpc
+    from xaiserve_client.v1 import explain_pb2 as pb
+    from xaiserve_client.v1 import explain_pb2_grpc as pb_grpc
 
     rng = np.random.default_rng(0)
     image = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)

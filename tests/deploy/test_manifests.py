@@ -34,7 +34,7 @@ for extra in (REPO / "service", REPO / "clients" / "python"):
 
 from xaiserve import config  # noqa: E402
 from xaiserve.observability import Metrics, metric_names  # noqa: E402
-from xaiserve.v1 import explain_pb2  # noqa: E402
+from xaiserve_client.v1 import explain_pb2  # noqa: E402
 
 DEPLOY = REPO / "deploy"
 OVERLAYS = ("cpu", "gpu")

@@ -52,8 +52,8 @@ from xaiserve.models.support_sets import SUPPORT_SETS_DIR, SupportSetRecord, Sup
 from xaiserve.observability import Metrics
 from xaiserve.runtime.batcher import ImageBudget
 from xaiserve.runtime.torch_backend import leftover_hooks
-from xaiserve.v1 import explain_pb2 as pb
-from xaiserve.v1 import explain_pb2_grpc as pb_grpc
+from xaiserve_client.v1 import explain_pb2 as pb
+from xaiserve_client.v1 import explain_pb2_grpc as pb_grpc
 
 torch.set_num_threads(1)
 

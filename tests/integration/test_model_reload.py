@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 
 from tests.support import region_logit_model, write_model_folder
-from xaiserve.v1 import explain_pb2 as pb
-from xaiserve.v1 import explain_pb2_grpc as pb_grpc
+from xaiserve_client.v1 import explain_pb2 as pb
+from xaiserve_client.v1 import explain_pb2_grpc as pb_grpc
 
 
 def wait_until(predicate, timeout: float = 20.0) -> None:  # type: ignore[no-untyped-def]

@@ -19,8 +19,8 @@ from xaiserve.config import Settings
 from xaiserve.models.repository import ModelRepository, file_sha256
 from xaiserve.observability import Metrics
 from xaiserve.runtime.batcher import ImageBudget
-from xaiserve.v1 import explain_pb2 as pb
-from xaiserve.v1 import explain_pb2_grpc as pb_grpc
+from xaiserve_client.v1 import explain_pb2 as pb
+from xaiserve_client.v1 import explain_pb2_grpc as pb_grpc
 
 
 def repository(root: Path) -> ModelRepository:

@@ -15,8 +15,8 @@ from PIL import Image
 from prometheus_client import generate_latest
 
 from tests.support import region_logit_model, write_model_folder
-from xaiserve.v1 import explain_pb2 as pb
-from xaiserve.v1 import explain_pb2_grpc as pb_grpc
+from xaiserve_client.v1 import explain_pb2 as pb
+from xaiserve_client.v1 import explain_pb2_grpc as pb_grpc
 
 TRAVERSAL = [
     "../etc",

@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 from PIL import Image as PILImage
 
-from xaiserve.v1 import explain_pb2 as pb
 from xaiserve_client import errors
 from xaiserve_client.builders import class_ref, method_params, score_request
 from xaiserve_client.channel import service_config
@@ -29,6 +28,7 @@ from xaiserve_client.images import (
     to_image_proto,
 )
 from xaiserve_client.types import ClassScore, Explanation, Timings
+from xaiserve_client.v1 import explain_pb2 as pb
 
 
 def _rgb(height: int = 12, width: int = 10) -> np.ndarray:

@@ -22,7 +22,7 @@ from xaiserve.methods.base import registered_methods
 from xaiserve.models.model import Model
 from xaiserve.models.randomised_variants import DISTRIBUTION, RandomisationOptions
 from xaiserve.models.repository import ModelEntry, VersionEntry
-from xaiserve.v1 import explain_pb2 as pb
+from xaiserve_client.v1 import explain_pb2 as pb
 
 # ---------------------------------------------------------------------------------------------
 # proto → domain

@@ -32,7 +32,7 @@ from xaiserve.models.repository import ModelRepository
 from xaiserve.observability import Metrics, configure_logging
 from xaiserve.runtime import context as rctx
 from xaiserve.runtime.batcher import ImageBudget
-from xaiserve.v1 import explain_pb2, explain_pb2_grpc
+from xaiserve_client.v1 import explain_pb2, explain_pb2_grpc
 
 log = logging.getLogger(__name__)
 

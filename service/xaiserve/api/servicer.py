@@ -15,8 +15,8 @@ from xaiserve.config import Settings
 from xaiserve.jobs.operations import OperationStore
 from xaiserve.models.repository import ModelRepository
 from xaiserve.runtime import context as rctx
-from xaiserve.v1 import explain_pb2 as pb
-from xaiserve.v1 import explain_pb2_grpc as pb_grpc
+from xaiserve_client.v1 import explain_pb2 as pb
+from xaiserve_client.v1 import explain_pb2_grpc as pb_grpc
 
 
 class ExplainServicer(pb_grpc.ExplainServiceServicer):
