@@ -14,8 +14,8 @@ from PIL import Image
 
 from tests.support import ignored_branch_model, write_model_folder
 from xaiserve.runtime.parameter_randomisation import weighted_layers
-from xaiserve.v1 import explain_pb2 as pb
-from xaiserve.v1 import explain_pb2_grpc as pb_grpc
+from xaiserve_client.v1 import explain_pb2 as pb
+from xaiserve_client.v1 import explain_pb2_grpc as pb_grpc
 
 
 def png(arr: np.ndarray) -> bytes:

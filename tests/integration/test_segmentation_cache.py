@@ -14,8 +14,8 @@ from google.protobuf import json_format
 from PIL import Image
 
 from tests.support import refines, region_logit_model, write_model_folder
-from xaiserve.v1 import explain_pb2 as pb
-from xaiserve.v1 import explain_pb2_grpc as pb_grpc
+from xaiserve_client.v1 import explain_pb2 as pb
+from xaiserve_client.v1 import explain_pb2_grpc as pb_grpc
 
 SIZE = 48
 
