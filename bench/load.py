@@ -105,6 +105,64 @@ async def open_loop(port: int, rate: float, seconds: float, reqs) -> Stats:  # t
     return stats
 
 
+SLOW_METHODS = {
+    "regional PD": pb.MethodParams(
+        regional_prediction_difference=pb.RegionalPredictionDifferenceParams(seed=1)
+    ),
+    "IG": pb.MethodParams(integrated_gradients=pb.IntegratedGradientsParams()),
+}
+
+
+async def slow_plus_predict(  # type: ignore[no-untyped-def]
+    port: int, slow: int, fast: int, seconds: float, reqs, method: pb.MethodParams
+) -> tuple[Stats, Stats]:
+    """``slow`` clients looping on an expensive Explain (retrying 10 ms after a refusal)
+    while ``fast`` clients loop on Predict (#18: "64 slow + 4 Predict")."""
+    predict, explain = reqs
+    slow_req = pb.ExplainRequest(model="shapes", image=explain.image, method=method)
+    slow_stats, fast_stats = Stats(), Stats()
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        stub = pb_grpc.ExplainServiceStub(channel)
+        stop = time.perf_counter() + seconds
+
+        async def slow_client() -> None:
+            while time.perf_counter() < stop:
+                t = time.perf_counter()
+                try:
+                    await stub.Explain(slow_req, timeout=30)
+                    slow_stats.codes["OK"] += 1
+                    slow_stats.latencies.append(time.perf_counter() - t)
+                except grpc.aio.AioRpcError as exc:
+                    slow_stats.codes[exc.code().name] += 1
+                    await asyncio.sleep(0.01)
+
+        async def fast_client() -> None:
+            while time.perf_counter() < stop:
+                t = time.perf_counter()
+                try:
+                    await stub.Predict(predict, timeout=30)
+                    fast_stats.codes["OK"] += 1
+                    fast_stats.latencies.append(time.perf_counter() - t)
+                except grpc.aio.AioRpcError as exc:
+                    fast_stats.codes[exc.code().name] += 1
+
+        await asyncio.gather(
+            *(slow_client() for _ in range(slow)), *(fast_client() for _ in range(fast))
+        )
+    return slow_stats, fast_stats
+
+
+def fairness_rows(port: int, seconds: float, reqs) -> list[list[object]]:  # type: ignore[no-untyped-def]
+    rows: list[list[object]] = []
+    for label, method in SLOW_METHODS.items():
+        slow, fast = asyncio.run(slow_plus_predict(port, 64, 4, seconds, reqs, method))
+        total = sum(fast.codes.values()) or 1
+        rows.append([f"{label}: Predict", *fast.row("", seconds)[1:], fast.codes["OK"] / total])
+        total = sum(slow.codes.values()) or 1
+        rows.append([f"{label}: slow", *slow.row("", seconds)[1:], slow.codes["OK"] / total])
+    return rows
+
+
 def scrape(metrics_port: int) -> str:
     with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5) as r:
         return r.read().decode()
@@ -174,6 +232,9 @@ def soak(port: int, proc: psutil.Process, total: int, reqs) -> list[object]:  # 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument(
+        "--only-fairness", action="store_true", help='only the "64 slow + 4 Predict" scenario'
+    )
     args = parser.parse_args()
     window = 4.0 if args.quick else 10.0
     soak_total = 4000 if args.quick else 20000
@@ -191,6 +252,14 @@ def main() -> None:
     server = ServerProcess(REPO / "models", XAISERVE_METRICS_PORT=str(metrics_port))
     proc = psutil.Process(server.proc.pid)
     try:
+        print_table(
+            "64 slow + 4 Predict (demo model; slow = Explain in a closed loop, retried 10 ms "
+            "after a refusal)",
+            ["clients", "OK/s", "p50 ms", "p90 ms", "p99 ms", "errors", "OK share"],
+            fairness_rows(server.port, window, reqs),
+        )
+        if args.only_fairness:
+            return
         rows = []
         for clients in (1, 4, 16, 64):
             stats = asyncio.run(closed_loop(server.port, clients, window, reqs))

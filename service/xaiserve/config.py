@@ -54,14 +54,20 @@ class Settings:
     metrics_port: int = DEFAULT_METRICS_PORT  # 0 disables the metrics HTTP server
     models_dir: str = field(default_factory=lambda: default_models_dir()[0])
     reflection: bool = True
-    worker_threads: int = 32  # gRPC handler threads
-    max_concurrent_requests: int = 24  # admitted RPCs at once; more → RESOURCE_EXHAUSTED
-    max_rpcs: int = 0  # gRPC-level backstop incl. health checks; 0 = 2 × max_concurrent + 16
+    worker_threads: int = 0  # gRPC handler threads; 0 = every admission slot + 16 spare
+    max_concurrent_requests: int = 24  # expensive RPCs at once (Explain, Score, operations)
+    max_concurrent_cheap: int = 32  # cheap RPCs at once (Predict, look-ups, Get/Cancel operation)
+    max_watchers: int = 32  # open WatchOperation streams (they hold no request slot)
+    stream_idle_seconds: float = 60.0  # a client stream silent this long is ended (0 = never)
+    max_rpcs: int = 0  # gRPC-level backstop incl. health checks; 0 = all slots × 2 + 16
     max_queued_images: int = 4096  # images waiting in all batch queues; more → RESOURCE_EXHAUSTED
     max_forward_passes: int = 200_000  # per request (cost estimate before any work starts)
+    max_request_bytes: int = 1024 * 2**20  # per request: a method's declared peak memory
+    memory_budget_bytes: int = 4096 * 2**20  # all running requests' declared memory together
+    torch_batch_bytes: int = 256 * 2**20  # memory budget of one batch through a torch module
     max_message_bytes: int = 32 * 1024 * 1024
     max_image_bytes: int = 16 * 1024 * 1024
-    max_image_pixels: int = 4096 * 4096
+    max_image_pixels: int = 0  # 0 = sized to the models served (see effective_max_image_pixels)
     allowed_image_formats: tuple[str, ...] = ("PNG", "JPEG")
     max_stream_images: int = 10_000  # items per streaming RPC / data-set operation
     intra_op_threads: int = 0  # onnxruntime threads per session; 0 = number of cores
@@ -104,18 +110,27 @@ class Settings:
 
     def validate(self) -> None:
         for name in (
-            "worker_threads",
             "max_concurrent_requests",
+            "max_concurrent_cheap",
+            "max_watchers",
             "max_queued_images",
             "max_forward_passes",
             "max_message_bytes",
             "max_image_bytes",
-            "max_image_pixels",
             "torch_copies",
             "randomisation_variant_sets",
+            "max_request_bytes",
+            "memory_budget_bytes",
+            "torch_batch_bytes",
         ):
             if getattr(self, name) < 1:
                 raise ValueError(f"setting {name} must be at least 1")
+        if self.worker_threads < 0 or self.stream_idle_seconds < 0:
+            raise ValueError("settings worker_threads and stream_idle_seconds must not be negative")
+        if self.max_image_pixels < 0:
+            raise ValueError("setting max_image_pixels must be 0 (auto) or positive")
+        if self.max_request_bytes > self.memory_budget_bytes:
+            raise ValueError("setting max_request_bytes must not exceed memory_budget_bytes")
         if self.max_rpcs and self.max_rpcs < self.max_concurrent_requests:
             raise ValueError(
                 "setting max_rpcs must be 0 (auto) or at least max_concurrent_requests"
@@ -134,6 +149,17 @@ class Settings:
             raise ValueError("settings tls_cert and tls_key must be given together")
         if self.tls_client_ca and not self.tls_cert:
             raise ValueError("setting tls_client_ca needs tls_cert and tls_key")
+
+    @property
+    def admission_slots(self) -> int:
+        """Every call the admission pools can hold at once (watchers included)."""
+        return self.max_concurrent_requests + self.max_concurrent_cheap + self.max_watchers
+
+    @property
+    def handler_threads(self) -> int:
+        """gRPC handler threads: ``worker_threads``, or every admission slot plus spare
+        threads that answer refusals quickly."""
+        return self.worker_threads or self.admission_slots + 16
 
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)

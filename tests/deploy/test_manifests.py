@@ -557,10 +557,15 @@ def test_alerts_use_only_exported_metrics_and_labels(rendered, overlay):
         "xaiserve_rejected_requests_total",
     ):
         assert required in used, f"no alert on {required}"
-    error_rate = next(
-        r for r in rules if "xaiserve_requests_total" in r["expr"] and '!="OK"' in r["expr"]
-    )
+    error_rate = next(r for r in rules if r["alert"] == "XaiserveHighErrorRate")
     assert "/" in error_rate["expr"]
+    # #18: the error ratio counts server-side codes only; a client sending invalid requests
+    # (INVALID_ARGUMENT, NOT_FOUND, RESOURCE_EXHAUSTED, CANCELLED ...) must not page anyone.
+    codes = re.search(r'code=~"([A-Z_|]+)"', error_rate["expr"])
+    assert codes is not None and '!="OK"' not in error_rate["expr"]
+    assert set(codes.group(1).split("|")) == {
+        "INTERNAL", "UNKNOWN", "DATA_LOSS", "UNAVAILABLE", "DEADLINE_EXCEEDED"
+    }  # fmt: skip
     assert any("histogram_quantile(0.99" in r["expr"] for r in rules)
     assert any(re.search(r"xaiserve_models_ready\)?\s*==\s*0", r["expr"]) for r in rules)
 

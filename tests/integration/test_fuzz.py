@@ -260,3 +260,131 @@ def test_huge_declared_png_refused_fast(stub: pb_grpc.ExplainServiceStub) -> Non
         info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         and "max_image_pixels" in info.value.details()
     )
+
+
+# --- chunk-level PNG and segment-level JPEG mutations, EXIF included (finding 8 of #18) ----------
+
+
+def png_chunks(data: bytes) -> list[tuple[bytes, bytes]]:
+    """``(type, payload)`` of every chunk of a PNG file."""
+    out, pos = [], 8
+    while pos + 8 <= len(data):
+        length = int.from_bytes(data[pos : pos + 4], "big")
+        out.append((data[pos + 4 : pos + 8], data[pos + 8 : pos + 8 + length]))
+        pos += 12 + length
+    return out
+
+
+def png_chunk(kind: bytes, payload: bytes, good_crc: bool = True) -> bytes:
+    import zlib
+
+    crc = zlib.crc32(kind + payload) if good_crc else 0xDEADBEEF
+    return len(payload).to_bytes(4, "big") + kind + payload + crc.to_bytes(4, "big")
+
+
+def exif_block(draw: st.DrawFn) -> bytes:
+    """A TIFF-structured EXIF block (orientation and more), then possibly cut or corrupted."""
+    order = draw(st.sampled_from([b"II", b"MM"]))
+    endian = "little" if order == b"II" else "big"
+    entries = draw(
+        st.lists(
+            st.tuples(
+                st.sampled_from([0x0112, 0x8769, 0x8825, 0x010F, 0x0132, 0xA005, 0xFFFF]),
+                st.integers(0, 13),  # TIFF field type, including invalid ones
+                st.integers(0, 2**32 - 1),  # count
+                st.integers(0, 2**32 - 1),  # value / offset
+            ),
+            max_size=6,
+        )
+    )
+    body = order + (42).to_bytes(2, endian) + (8).to_bytes(4, endian)
+    body += len(entries).to_bytes(2, endian)
+    for tag, kind, count, value in entries:
+        body += tag.to_bytes(2, endian) + kind.to_bytes(2, endian)
+        body += count.to_bytes(4, endian) + value.to_bytes(4, endian)
+    body += draw(st.binary(max_size=24))
+    cut = draw(st.integers(0, len(body)))
+    return body[:cut] if draw(st.booleans()) else body
+
+
+@st.composite
+def mutated_pngs(draw: st.DrawFn) -> bytes:
+    arr = draw(image_arrays)
+    mode = draw(st.sampled_from(["RGB", "L", "P", "RGBA", "I;16"]))
+    chunks = png_chunks(encoded(arr, mode, "PNG"))
+    header, rest = chunks[0], chunks[1:]
+    extra = [
+        (b"eXIf", exif_block(draw)),
+        (b"zTXt", draw(st.binary(max_size=64))),
+        (b"iCCP", b"x\x00\x00" + draw(st.binary(max_size=64))),
+        (b"tEXt", draw(st.binary(max_size=64))),
+        (b"pHYs", draw(st.binary(max_size=12))),
+        (b"acTL", draw(st.binary(max_size=12))),
+        (b"IDAT", b""),
+        (draw(st.binary(min_size=4, max_size=4)), draw(st.binary(max_size=32))),
+    ]
+    for _ in range(draw(st.integers(1, 4))):
+        rest.insert(draw(st.integers(0, len(rest))), draw(st.sampled_from(extra)))
+    if draw(st.booleans()) and len(rest) > 1:  # drop or duplicate a chunk
+        i = draw(st.integers(0, len(rest) - 1))
+        rest = rest[:i] + rest[i + 1 :] if draw(st.booleans()) else rest[: i + 1] + rest[i:]
+    bad_crc = draw(st.sets(st.integers(0, len(rest)), max_size=2))
+    out = b"\x89PNG\r\n\x1a\n" + png_chunk(*header)
+    out += b"".join(png_chunk(k, p, i not in bad_crc) for i, (k, p) in enumerate(rest))
+    if draw(st.booleans()):
+        out = out[: draw(st.integers(8, len(out)))]
+    return out
+
+
+@st.composite
+def mutated_jpegs(draw: st.DrawFn) -> bytes:
+    arr = draw(image_arrays)
+    img = Image.fromarray(arr).convert(draw(st.sampled_from(["RGB", "L", "CMYK"])))
+    buf = io.BytesIO()
+    exif = Image.Exif()
+    exif[0x0112] = draw(st.integers(0, 12))
+    img.save(buf, "JPEG", exif=exif.tobytes(), progressive=draw(st.booleans()))
+    data = buf.getvalue()
+    segment = b"Exif\x00\x00" + exif_block(draw)
+    app1 = b"\xff\xe1" + (len(segment) + 2).to_bytes(2, "big") + segment
+    if draw(st.booleans()):
+        data = data[:2] + app1 + data[2:]  # a second, hostile EXIF segment first
+    for _ in range(draw(st.integers(0, 3))):  # byte-level damage anywhere
+        i = draw(st.integers(0, len(data) - 1))
+        data = data[:i] + bytes([draw(st.integers(0, 255))]) + data[i + 1 :]
+    if draw(st.booleans()):
+        data = data[: draw(st.integers(2, len(data)))]
+    return data
+
+
+@given(data=mutated_pngs() | mutated_jpegs())
+@FUZZ
+def test_predict_with_mutated_chunks_and_exif(
+    stub: pb_grpc.ExplainServiceStub, data: bytes
+) -> None:
+    check(stub.Predict, pb.PredictRequest(model="m", image=pb.Image(encoded=data)))
+
+
+def test_truncated_exif_png_and_fuzzed_jpeg_from_the_report(
+    stub: pb_grpc.ExplainServiceStub,
+) -> None:
+    """An 87-byte PNG with a truncated eXIf chunk made ``exif_transpose`` raise struct.error."""
+    png = b"\x89PNG\r\n\x1a\n" + png_chunk(
+        b"IHDR", (1).to_bytes(4, "big") * 2 + b"\x08\x02\x00\x00\x00"
+    )
+    png += png_chunk(b"eXIf", b"MM\x00*\x00\x00\x00\x08\x00\x01\x01\x12\x00\x03")  # entry cut short
+    raw = png_chunks(encoded(np.zeros((1, 1, 3), np.uint8), "RGB", "PNG"))
+    png += b"".join(png_chunk(k, p) for k, p in raw[1:])
+    response = stub.Predict(pb.PredictRequest(model="m", image=pb.Image(encoded=png)), timeout=10)
+    assert response.classes  # the pixels are fine; the broken EXIF block is ignored
+
+
+def test_png_of_many_empty_chunks_refused(stub: pb_grpc.ExplainServiceStub) -> None:
+    raw = png_chunks(encoded(np.zeros((4, 4, 3), np.uint8), "RGB", "PNG"))
+    filler = png_chunk(b"zzZz", b"") * 300_000  # 3.6 MB of empty ancillary chunks
+    data = b"\x89PNG\r\n\x1a\n" + png_chunk(*raw[0]) + filler
+    data += b"".join(png_chunk(k, p) for k, p in raw[1:])
+    with pytest.raises(grpc.RpcError) as info:
+        stub.Predict(pb.PredictRequest(model="m", image=pb.Image(encoded=data)), timeout=30)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "chunks" in info.value.details()  # refused by the chunk walk, before Pillow parses

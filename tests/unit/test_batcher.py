@@ -215,3 +215,24 @@ def test_predict_streams_chunks_in_bounded_memory(tmp_path: Path) -> None:
     assert out.shape == (200, 2)
     np.testing.assert_allclose(out[::4, 0], np.arange(50, dtype=np.float32), rtol=1e-5)
     assert max(ahead) <= 2 * 4 + 1  # submitted but unprocessed images never exceed two batches
+
+
+def test_interactive_items_jump_the_queue_and_have_a_reserve() -> None:
+    """#18: a Predict queued behind explanation work runs in the next batch, and a budget full
+    of explanation images still admits it (``ImageBudget.INTERACTIVE_RESERVE``)."""
+    runner, metrics = Recorder(), Metrics()
+    batcher = make(runner, metrics, capacity=8, mb=4, delay=0.0)
+    runner.gate.clear()  # hold the worker inside the first batch
+    slow = RequestContext()
+    first = batcher.submit(np.full((4, 1), 1.0, np.float32), slow)
+    assert runner.started.wait(10)
+    queued = [batcher.submit(np.full((4, 1), 2.0, np.float32), slow) for _ in range(1)]
+    with pytest.raises(Overloaded):
+        batcher.submit(np.full((4, 1), 3.0, np.float32), RequestContext())  # budget full
+    urgent = batcher.submit(np.full((1, 1), 9.0, np.float32), RequestContext(interactive=True))
+    runner.gate.set()
+    for fut in (first, urgent, *queued):
+        fut.result(timeout=10)
+    # batch 1 = the held slow chunk; then the interactive image before the queued slow chunk
+    assert runner.seen_markers[:6] == [1.0] * 4 + [9.0] + [2.0]
+    batcher.close()

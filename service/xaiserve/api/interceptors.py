@@ -21,13 +21,15 @@ from typing import Any
 
 import grpc
 
-from xaiserve.errors import Overloaded, XaiserveError
+from xaiserve.errors import Cancelled, Overloaded, XaiserveError
 from xaiserve.observability import Metrics
 
 log = logging.getLogger(__name__)
 
 SERVICE_PREFIX = "/xaiserve.v1.ExplainService/"
-EXEMPT_PREFIXES = ("/grpc.health.v1.", "/grpc.reflection.")
+AUTH_EXEMPT_PREFIXES = ("/grpc.health.v1.",)
+"""Only health checks skip the token (Kubernetes probes cannot authenticate). Reflection
+describes the whole API, so with authentication on it needs a token like any other call."""
 UNKNOWN_METHOD = "none"
 
 
@@ -50,42 +52,83 @@ def set_method_label(name: str) -> None:
         info.method = name
 
 
-class Admission:
-    """Concurrent-RPC bound and the draining switch (shared by interceptor and server)."""
+CHEAP = "cheap"
+EXPENSIVE = "expensive"
 
-    def __init__(self, max_concurrent: int) -> None:
+CHEAP_RPCS = frozenset(
+    {"Predict", "PredictStream", "ListModels", "GetModel", "GetOperation", "CancelOperation",
+     "ListOperations"}
+)  # fmt: skip
+"""Calls served from the cheap pool: one forward pass or a look-up. Everything else (Explain,
+Score, operation starts) is served from the expensive pool, so neither class can take the
+other's slots."""
+
+UNSLOTTED_RPCS = frozenset({"WatchOperation"})
+"""Calls that hold no request slot: a watcher mostly waits. They are bounded by their own
+count (``max_watchers``)."""
+
+PER_ITEM_RPCS = frozenset({"PredictStream", "ExplainStream"})
+"""Bidirectional streams take a slot per item while it is processed, none while idle."""
+
+
+class Pool:
+    """A bound on concurrently admitted calls of one class."""
+
+    def __init__(self, name: str, capacity: int) -> None:
+        self.name = name
+        self.capacity = capacity
+        self.active = 0
+
+
+class Admission:
+    """Admission pools (cheap / expensive), the watcher bound and the draining switch (shared
+    by the interceptor and the server)."""
+
+    def __init__(self, max_concurrent: int, max_cheap: int = 0, max_watchers: int = 0) -> None:
         self.max_concurrent = max_concurrent
-        self._active = 0
+        self.pools = {
+            EXPENSIVE: Pool(EXPENSIVE, max_concurrent),
+            CHEAP: Pool(CHEAP, max_cheap or max_concurrent),
+            "watch": Pool("watch", max_watchers or 4 * max_concurrent),
+        }
         self._lock = threading.Lock()
         self._idle = threading.Condition(self._lock)
         self.draining = threading.Event()
 
     @property
     def active(self) -> int:
-        return self._active
+        """Calls holding a request slot now (watchers excluded)."""
+        return self.pools[EXPENSIVE].active + self.pools[CHEAP].active
 
-    def try_enter(self) -> bool:
+    def try_enter(self, pool: str = EXPENSIVE) -> bool:
         with self._lock:
-            if self._active >= self.max_concurrent:
+            p = self.pools[pool]
+            if p.active >= p.capacity:
                 return False
-            self._active += 1
+            p.active += 1
             return True
 
-    def leave(self) -> None:
+    def leave(self, pool: str = EXPENSIVE) -> None:
         with self._lock:
-            self._active -= 1
-            if self._active == 0:
+            self.pools[pool].active -= 1
+            if self.active == 0:
                 self._idle.notify_all()
 
     def wait_idle(self, timeout: float) -> bool:
         deadline = time.monotonic() + timeout
         with self._lock:
-            while self._active > 0:
+            while self.active > 0:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     return False
                 self._idle.wait(remaining)
         return True
+
+
+def pool_of(rpc: str) -> str:
+    if rpc in UNSLOTTED_RPCS:
+        return "watch"
+    return CHEAP if rpc in CHEAP_RPCS else EXPENSIVE
 
 
 def _abort_handler(code: grpc.StatusCode, message: str, kind: str) -> grpc.RpcMethodHandler:
@@ -112,10 +155,86 @@ def _kind(handler: grpc.RpcMethodHandler) -> str:
     return "stream_stream"
 
 
+class IdleWatchdog:
+    """Ends streams whose client has sent nothing for ``idle_seconds`` (one thread for all).
+
+    A stream registers while it waits for its next message; the watchdog cancels the RPC
+    (the client sees CANCELLED) once the wait passes the limit, so an idle stream holds
+    neither a request slot nor, for long, a handler thread."""
+
+    def __init__(self, idle_seconds: float, metrics: Metrics) -> None:
+        self.idle_seconds = idle_seconds
+        self._metrics = metrics
+        self._waiting: dict[int, tuple[float, grpc.ServicerContext, list[bool]]] = {}
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    def _start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._loop, name="idle-streams", daemon=True)
+            self._thread.start()
+
+    def _loop(self) -> None:
+        tick = min(0.5, max(0.05, self.idle_seconds / 4))
+        while True:
+            time.sleep(tick)
+            now = time.monotonic()
+            with self._lock:
+                expired = [
+                    (k, v) for k, v in self._waiting.items() if now - v[0] >= self.idle_seconds
+                ]
+                for key, _ in expired:
+                    del self._waiting[key]
+            for _, (_, context, fired) in expired:
+                fired[0] = True
+                self._metrics.rejected_total.labels(reason="idle").inc()
+                context.cancel()
+
+    def bounded(self, requests: Iterator[Any], context: grpc.ServicerContext) -> Iterator[Any]:
+        """``requests``, ended with :class:`Cancelled` once the client idles too long."""
+        if self.idle_seconds <= 0:
+            yield from requests
+            return
+        with self._lock:
+            self._start()
+        it = iter(requests)
+        key = id(context)
+        fired = [False]
+        while True:
+            with self._lock:
+                self._waiting[key] = (time.monotonic(), context, fired)
+            try:
+                item = next(it)
+            except StopIteration:
+                return
+            except Exception:
+                if fired[0]:
+                    raise Cancelled(
+                        f"stream idle for {self.idle_seconds:g} s (stream_idle_seconds)"
+                    ) from None
+                raise
+            finally:
+                with self._lock:
+                    self._waiting.pop(key, None)
+            yield item
+
+
 class ServiceInterceptor(grpc.ServerInterceptor):
-    def __init__(self, metrics: Metrics, admission: Admission) -> None:
+    """Status mapping, metrics and admission for every ExplainService call.
+
+    Admission: cheap calls (:data:`CHEAP_RPCS`) and expensive ones take slots from separate
+    pools (``max_concurrent_cheap``, ``max_concurrent_requests``), so a flood of explanations
+    never starves Predict or the look-ups, and the reverse. Bidirectional streams take a slot
+    per item while it is processed (:data:`PER_ITEM_RPCS`); watchers take none, only a place
+    among ``max_watchers``. Client-streaming requests end when idle (``stream_idle_seconds``).
+    """
+
+    def __init__(
+        self, metrics: Metrics, admission: Admission, stream_idle_seconds: float = 0.0
+    ) -> None:
         self.metrics = metrics
         self.admission = admission
+        self.idle = IdleWatchdog(stream_idle_seconds, metrics)
 
     def intercept_service(
         self,
@@ -139,9 +258,9 @@ class ServiceInterceptor(grpc.ServerInterceptor):
             )
         behaviour = getattr(handler, kind)
         wrapped = (
-            self._wrap_unary(rpc, behaviour)
+            self._wrap_unary(rpc, behaviour, kind)
             if kind in ("unary_unary", "stream_unary")
-            else self._wrap_stream(rpc, behaviour)
+            else self._wrap_stream(rpc, behaviour, kind)
         )
         factory = getattr(grpc, f"{kind}_rpc_method_handler")
         return factory(  # type: ignore[no-any-return]
@@ -150,18 +269,26 @@ class ServiceInterceptor(grpc.ServerInterceptor):
             response_serializer=handler.response_serializer,
         )
 
-    def _enter(self, rpc: str) -> None:
-        if not self.admission.try_enter():
+    def _enter(self, rpc: str, pool: str) -> None:
+        if not self.admission.try_enter(pool):
+            setting = {
+                EXPENSIVE: "max_concurrent_requests",
+                CHEAP: "max_concurrent_cheap",
+                "watch": "max_watchers",
+            }[pool]
             self.metrics.rejected_total.labels(reason="concurrency").inc()
-            raise _Refused(
-                f"server busy: {self.admission.max_concurrent} requests in progress "
-                "(max_concurrent_requests); retry later with backoff"
+            refused = Overloaded(
+                f"server busy: {self.admission.pools[pool].capacity} {pool} calls in progress "
+                f"({setting}); retry later with backoff",
+                reason="concurrency",
             )
+            refused.counted = True
+            raise refused
         self.metrics.inflight.labels(rpc=rpc).inc()
 
-    def _leave(self, rpc: str) -> None:
+    def _leave(self, rpc: str, pool: str) -> None:
         self.metrics.inflight.labels(rpc=rpc).dec()
-        self.admission.leave()
+        self.admission.leave(pool)
 
     def _finish(self, rpc: str, info: RpcInfo, start: float, code: str) -> None:
         self.metrics.requests_total.labels(rpc=rpc, method=info.method, code=code).inc()
@@ -169,73 +296,114 @@ class ServiceInterceptor(grpc.ServerInterceptor):
             time.perf_counter() - start
         )
 
-    def _wrap_unary(self, rpc: str, behaviour: Callable[..., Any]) -> Callable[..., Any]:
+    def _requests(self, request: Any, context: grpc.ServicerContext, kind: str) -> Any:
+        return self.idle.bounded(request, context) if kind.startswith("stream_") else request
+
+    def _per_item(self, rpc: str, requests: Iterator[Any]) -> Iterator[Any]:
+        """Hold a slot of ``rpc``'s pool only while an item is being processed."""
+        pool = pool_of(rpc)
+        held = False
+        it = iter(requests)
+        try:
+            while True:
+                if held:  # the previous item is done: free its slot before waiting
+                    self._leave(rpc, pool)
+                    held = False
+                try:
+                    item = next(it)
+                except StopIteration:
+                    return
+                self._enter(rpc, pool)
+                held = True
+                yield item
+        finally:
+            if held:
+                self._leave(rpc, pool)
+
+    def _wrap_unary(self, rpc: str, behaviour: Callable[..., Any], kind: str) -> Callable[..., Any]:
+        pool = pool_of(rpc)
+
         def call(request: Any, context: grpc.ServicerContext) -> Any:
             start = time.perf_counter()
             info = RpcInfo()
             token = _rpc_info.set(info)
             try:
-                self._enter(rpc)
-            except _Refused as exc:
+                self._enter(rpc, pool)
+            except Overloaded as exc:
                 _rpc_info.reset(token)
                 self._finish(rpc, info, start, "RESOURCE_EXHAUSTED")
-                context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
+                context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, exc.message)
             code = "OK"
             try:
-                return behaviour(request, context)
+                return behaviour(self._requests(request, context, kind), context)
             except Exception as exc:
-                code, message = self._status_of(exc, rpc)
+                code, message = self._status_of(exc, rpc, context)
                 _abort(context, code, message)
             finally:
-                self._leave(rpc)
+                self._leave(rpc, pool)
                 self._finish(rpc, info, start, code)
                 _rpc_info.reset(token)
 
         return call
 
     def _wrap_stream(
-        self, rpc: str, behaviour: Callable[..., Iterator[Any]]
+        self, rpc: str, behaviour: Callable[..., Iterator[Any]], kind: str
     ) -> Callable[..., Iterator[Any]]:
+        per_item = rpc in PER_ITEM_RPCS and kind == "stream_stream"
+        pool = pool_of(rpc)
+
         def call(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
             start = time.perf_counter()
             info = RpcInfo()
-            try:
-                self._enter(rpc)
-            except _Refused as exc:
-                self._finish(rpc, info, start, "RESOURCE_EXHAUSTED")
-                context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
+            if not per_item:
+                try:
+                    self._enter(rpc, pool)
+                except Overloaded as exc:
+                    self._finish(rpc, info, start, "RESOURCE_EXHAUSTED")
+                    context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, exc.message)
             code = "OK"
+            requests = self._requests(request, context, kind)
+            if per_item:
+                requests = self._per_item(rpc, requests)
             try:
                 token = _rpc_info.set(info)
                 try:
-                    yield from behaviour(request, context)
+                    yield from behaviour(requests, context)
                 finally:
                     _rpc_info.reset(token)
             except GeneratorExit:
                 code = "CANCELLED"
                 raise
             except Exception as exc:
-                code, message = self._status_of(exc, rpc)
+                code, message = self._status_of(exc, rpc, context)
                 _abort(context, code, message)
             finally:
-                self._leave(rpc)
+                if per_item:
+                    requests.close()  # releases an item's slot if one is held
+                else:
+                    self._leave(rpc, pool)
                 self._finish(rpc, info, start, code)
 
         return call
 
-
-    def _status_of(self, exc: Exception, rpc: str) -> tuple[str, str]:
+    def _status_of(
+        self, exc: Exception, rpc: str, context: grpc.ServicerContext | None = None
+    ) -> tuple[str, str]:
         if isinstance(exc, Overloaded) and not exc.counted:
             self.metrics.rejected_total.labels(reason=exc.reason).inc()
             exc.counted = True
-        return _status_of(exc, rpc)
+        return _status_of(exc, rpc, context)
 
 
-class _Refused(Exception):
-    pass
-
-
-def _status_of(exc: Exception, rpc: str) -> tuple[str, str]:
+def _status_of(
+    exc: Exception, rpc: str, context: grpc.ServicerContext | None = None
+) -> tuple[str, str]:
+    if context is not None and not context.is_active() and not isinstance(exc, XaiserveError):
+        # The RPC already ended: the client cancelled or its deadline passed, and reading the
+        # request stream failed because of it. Not a server error: no INTERNAL, no traceback.
+        remaining = context.time_remaining()
+        expired = remaining is not None and remaining <= 0
+        return ("DEADLINE_EXCEEDED" if expired else "CANCELLED"), "the call ended"
     if isinstance(exc, XaiserveError):
         return exc.status.value, exc.message
     incident = uuid.uuid4().hex[:12]
@@ -251,7 +419,7 @@ def _abort(context: grpc.ServicerContext, code: str, message: str) -> None:
 class TokenAuthInterceptor(grpc.ServerInterceptor):
     """Bearer tokens (``authorization: Bearer <token>``) compared in constant time.
 
-    Health checks and reflection stay reachable without a token (Kubernetes probes cannot
+    Health checks stay reachable without a token (Kubernetes probes cannot
     authenticate). A refusal says only UNAUTHENTICATED — nothing that helps guess a token — and
     happens before the request body is parsed.
     """
@@ -279,7 +447,7 @@ class TokenAuthInterceptor(grpc.ServerInterceptor):
         continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler | None],
         details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler | None:
-        if details.method.startswith(EXEMPT_PREFIXES):
+        if details.method.startswith(AUTH_EXEMPT_PREFIXES):
             return continuation(details)
         presented = b""
         for key, value in details.invocation_metadata or ():

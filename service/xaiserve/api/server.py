@@ -145,11 +145,13 @@ def create_server(
         scope=rctx.current,
     )
     install_segmenter(segmenter)
-    admission = Admission(settings.max_concurrent_requests)
+    admission = Admission(
+        settings.max_concurrent_requests, settings.max_concurrent_cheap, settings.max_watchers
+    )
     interceptors: list[grpc.ServerInterceptor] = []
     if settings.auth_tokens_file:
         interceptors.append(TokenAuthInterceptor.from_file(settings.auth_tokens_file, metrics))
-    interceptors.append(ServiceInterceptor(metrics, admission))
+    interceptors.append(ServiceInterceptor(metrics, admission, settings.stream_idle_seconds))
     options = [
         ("grpc.max_receive_message_length", settings.max_message_bytes),
         ("grpc.max_send_message_length", settings.max_message_bytes),
@@ -158,13 +160,13 @@ def create_server(
         ("grpc.keepalive_permit_without_calls", 1),
     ]
     grpc_server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=settings.worker_threads, thread_name_prefix="rpc"),
+        futures.ThreadPoolExecutor(max_workers=settings.handler_threads, thread_name_prefix="rpc"),
         interceptors=interceptors,
         options=options,
         # A backstop above our own exact admission: gRPC refuses the excess in its accept loop,
         # so under heavy overload calls do not pile up in gRPC core's pending queue, where core
         # sheds them with CANCELLED (its backlog protection) before our interceptor sees them.
-        maximum_concurrent_rpcs=settings.max_rpcs or 2 * settings.max_concurrent_requests + 16,
+        maximum_concurrent_rpcs=settings.max_rpcs or 2 * settings.admission_slots + 16,
     )
     budget = ImageBudget(settings.max_queued_images)
     log.info(

@@ -39,14 +39,14 @@ class ExplainServicer(pb_grpc.ExplainServiceServicer):
     def Predict(
         self, request: pb.PredictRequest, context: grpc.ServicerContext
     ) -> pb.PredictResponse:
-        with rctx.bind(request_context(context)):
+        with rctx.bind(request_context(context, interactive=True)):
             result = core.predict(self.services, conv.predict_input(request))
             return conv.predict_response(result, request.request_id)
 
     def PredictStream(
         self, requests: Iterator[pb.PredictRequest], context: grpc.ServicerContext
     ) -> Iterator[pb.PredictResponse]:
-        ctx = request_context(context)
+        ctx = request_context(context, interactive=True)
         for request in bounded(requests, self.services.settings.max_stream_images):
             with rctx.bind(child(ctx)):
                 result = core.predict(self.services, conv.predict_input(request))

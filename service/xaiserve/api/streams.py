@@ -12,18 +12,32 @@ from xaiserve.errors import InvalidInput, LimitExceeded
 from xaiserve.runtime import context as rctx
 
 
-def request_context(context: grpc.ServicerContext) -> rctx.RequestContext:
-    """Deadline and cancellation of this RPC, for the runtime (see ``runtime.context``)."""
+def request_context(
+    context: grpc.ServicerContext, interactive: bool = False
+) -> rctx.RequestContext:
+    """Deadline and cancellation of this RPC, for the runtime (see ``runtime.context``);
+    ``interactive`` calls (Predict) go ahead of explanation work in the batch queue."""
     remaining = context.time_remaining()
     deadline = None if remaining is None or remaining > 1e8 else time.monotonic() + remaining
-    ctx = rctx.RequestContext(deadline=deadline)
-    context.add_callback(ctx.cancelled.set)  # fires when the RPC ends, early or not
+    ctx = rctx.RequestContext(deadline=deadline, interactive=interactive)
+
+    def ended() -> None:  # the RPC ended, early or not: by its deadline, or the client left
+        left = context.time_remaining()
+        if ctx.deadline is not None and left is not None and left <= 0:
+            # gRPC's clock ran out: make ours agree, so the work reports DEADLINE_EXCEEDED
+            # (our deadline was taken a moment after gRPC's, when the handler started).
+            ctx.deadline = min(ctx.deadline, time.monotonic())
+        ctx.cancelled.set()
+
+    context.add_callback(ended)
     return ctx
 
 
 def child(parent: rctx.RequestContext) -> rctx.RequestContext:
     """A per-item context on a stream: the stream's deadline and cancellation, own counters."""
-    return rctx.RequestContext(deadline=parent.deadline, cancelled=parent.cancelled)
+    return rctx.RequestContext(
+        deadline=parent.deadline, cancelled=parent.cancelled, interactive=parent.interactive
+    )
 
 
 def bounded(items: Iterable[Any], limit: int) -> Iterator[Any]:

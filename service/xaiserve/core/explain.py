@@ -55,7 +55,8 @@ def explain(services: Services, request: ExplainInput) -> ExplainResult:
     image, decode_s = load_image(services, model, request.image)
     target, probs = resolve_target(model, image, request.target, request.contrast)
     t1 = time.perf_counter()
-    explanation = method.spec.explain(model, image, target, method.params)
+    with services.memory.reserve(method.footprint.bytes, method.footprint.knob):
+        explanation = method.spec.explain(model, image, target, method.params)
     method_s = time.perf_counter() - t1
     ctx.check()
     if probs is None and (explanation.target_probability is None or target.contrast is not None):

@@ -7,6 +7,7 @@ import secrets
 from typing import Any
 
 from xaiserve.config import Settings
+from xaiserve.contracts.footprint import Footprint, check_footprint
 from xaiserve.core.services import Services
 from xaiserve.core.types import MethodChoice
 from xaiserve.errors import InvalidInput, LimitExceeded, Unimplemented
@@ -26,6 +27,8 @@ class ResolvedMethod:
     params: Any
     params_dict: dict[str, Any]
     seed: int | None
+    footprint: Footprint = dataclasses.field(default_factory=lambda: Footprint(0, "image"))
+    """Declared peak memory (``MethodSpec.memory``, plus one torch batch for white-box)."""
 
 
 def with_seed(params: Any) -> tuple[Any, int | None]:
@@ -66,4 +69,12 @@ def resolve_method(services: Services, model: Model, choice: MethodChoice) -> Re
         f"method {spec.name!r} with these parameters",
         "use a larger stride, fewer samples or fewer steps",
     )
-    return ResolvedMethod(spec, parsed, params_to_dict(parsed), seed)
+    footprint = spec.memory(parsed, model.input_size, model.num_classes)
+    if spec.backend == "whitebox":  # plus one batch through the torch module
+        footprint = Footprint(footprint.bytes + services.settings.torch_batch_bytes, footprint.knob)
+    check_footprint(
+        footprint,
+        services.settings.max_request_bytes,
+        f"method {spec.name!r} with these parameters",
+    )
+    return ResolvedMethod(spec, parsed, params_to_dict(parsed), seed, footprint)

@@ -13,16 +13,17 @@ from typing import Any
 
 import numpy as np
 
+from xaiserve.contracts.footprint import check_footprint
 from xaiserve.core.methods import check_cost, resolve_method
 from xaiserve.core.score import morf_params
 from xaiserve.core.services import Services
 from xaiserve.core.targets import resolve_class
 from xaiserve.core.types import ClassRef, MethodChoice
 from xaiserve.errors import InvalidInput, LimitExceeded, Unimplemented
-from xaiserve.evaluation.morf import morf_cost
+from xaiserve.evaluation.morf import morf_cost, morf_memory
 from xaiserve.imaging.decode import ImageInput, RawTensor, decode_image, decode_map
 from xaiserve.imaging.preprocess import fit_to_input
-from xaiserve.jobs.dataset_evaluation import MethodRun, evaluate_dataset
+from xaiserve.jobs.dataset_evaluation import MethodRun, evaluate_dataset, mask_on_grid
 from xaiserve.jobs.datasets import DatasetItem, dataset_folder, folder_items
 from xaiserve.jobs.gad_fitting import (
     DEFAULT_BATCH_SIZE,
@@ -97,26 +98,15 @@ def start_dataset_evaluation(
             f"config.methods has {len(config.methods)} entries; the limit is {MAX_METHODS}"
         )
     runs = []
+    footprints = []
     for choice in config.methods:
         resolved = resolve_method(services, model, choice)
         runs.append(MethodRun(resolved.spec.name, resolved.spec, resolved.params))
+        footprints.append(resolved.footprint)
     if len({r.name for r in runs}) != len(runs):
         raise InvalidInput("config.methods names a method twice")
     morf = morf_params(config.morf)
-    limit = min(
-        config.limit if config.limit is not None else settings.max_stream_images,
-        settings.max_stream_images,
-    )
-    if config.dataset:
-        folder = dataset_folder(settings.datasets_dir, config.dataset)
-        dataset, _ = folder_items(folder, model.labels, services.limits, limit)
-        _no_items_after_dataset(items)
-    else:
-        dataset = _evaluation_items(services, model, items, limit)
-    if not dataset:
-        raise InvalidInput(
-            "the data set is empty: stream items after the config or name config.dataset"
-        )
+    # Bounded before any item is read: passes and memory per image (items run one by one).
     sanity = config.randomisation
     per_image = sum(
         r.spec.cost(r.params, model.input_size)
@@ -131,6 +121,23 @@ def start_dataset_evaluation(
         "lower morf.steps/repeats or method costs"
         + (" or randomisation.stops (each variant is a full method call)" if sanity else ""),
     )
+    morf_fp = morf_memory(morf, model.input_size, model.num_classes)
+    for run, footprint in zip(runs, footprints, strict=True):
+        check_footprint(morf_fp + footprint, settings.max_request_bytes, f"{run.name} per image")
+    limit = min(
+        config.limit if config.limit is not None else settings.max_stream_images,
+        settings.max_stream_images,
+    )
+    if config.dataset:
+        folder = dataset_folder(settings.datasets_dir, config.dataset)
+        dataset, _ = folder_items(folder, model.labels, services.limits, limit)
+        _no_items_after_dataset(items)
+    else:
+        dataset = _evaluation_items(services, model, items, limit)
+    if not dataset:
+        raise InvalidInput(
+            "the data set is empty: stream items after the config or name config.dataset"
+        )
     keep = settings.randomisation_variant_sets
     return services.operations.start(
         "evaluate_dataset",
@@ -143,7 +150,9 @@ def start_dataset_evaluation(
 def _evaluation_items(
     services: Services, model: Model, items: Iterator[StreamedItem], limit: int
 ) -> list[DatasetItem]:
-    """Streamed items decoded at their own size (the job fits them to the grid)."""
+    """Streamed items, held until the operation runs resized to the model's grid as uint8
+    (3 bytes a pixel) — never the upload's full size in float32. Without a mask the image is
+    also decoded reduced (the mask, given on the image's own grid, needs the full size)."""
     out: list[DatasetItem] = []
     for item in items:
         if len(out) >= limit:
@@ -151,16 +160,19 @@ def _evaluation_items(
                 f"at most {limit} items per operation (max_stream_images or config.limit)"
             )
         where = f"items[{item.index}]"
-        image = decode_image(item.image, services.limits, f"{where}.image")
+        grid = None if item.mask is not None else model.input_size
+        image = decode_image(item.image, services.limits, f"{where}.image", grid)
         label = resolve_class(item.label, model, f"{where}.label")
         mask = None
         if item.mask is not None:
             h, w = image.shape[:2]
-            mask = decode_map(item.mask, h, w, f"{where}.mask") > 0
+            mask = mask_on_grid(decode_map(item.mask, h, w, f"{where}.mask") > 0, model)
+        stored = np.rint(fit_to_input(image, model.preprocessing)).astype(np.uint8)
+        del image
         out.append(
             DatasetItem(
                 name=item.name,
-                load=_constant(image),
+                load=_as_float(stored),
                 label=label,
                 load_mask=_constant(mask) if mask is not None else None,
             )
@@ -264,7 +276,8 @@ def _fit_items(
         if len(out) >= limit:
             raise LimitExceeded(f"at most {limit} images of the two classes per fit")
         image = fit_to_input(
-            decode_image(item.image, services.limits, f"{where}.image"), model.preprocessing
+            decode_image(item.image, services.limits, f"{where}.image", model.input_size),
+            model.preprocessing,
         )
         out.append(DatasetItem(item.name, _constant(image), label, None))
     return out
@@ -277,3 +290,7 @@ def _no_items_after_dataset(items: Iterator[StreamedItem]) -> None:
 
 def _constant(value: np.ndarray) -> Callable[[], np.ndarray]:
     return lambda: value
+
+
+def _as_float(value: np.ndarray) -> Callable[[], np.ndarray]:
+    return lambda: value.astype(np.float32)

@@ -39,7 +39,8 @@ def load_image(
 ) -> tuple[np.ndarray, float]:
     """Decode once and fit onto the model's grid; returns the image and the seconds it took."""
     t0 = time.perf_counter()
-    fitted = fit_to_input(decode_image(image, services.limits, field), model.preprocessing)
+    decoded = decode_image(image, services.limits, field, model.input_size)
+    fitted = fit_to_input(decoded, model.preprocessing)
     return fitted, time.perf_counter() - t0
 
 

@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from xaiserve.contracts.footprint import check_footprint
 from xaiserve.core.methods import ResolvedMethod, check_cost, resolve_method, with_seed
 from xaiserve.core.predict import load_image
 from xaiserve.core.services import Services
@@ -21,10 +22,17 @@ from xaiserve.errors import InvalidInput
 from xaiserve.evaluation.complexity import ComplexityResult, complexity
 from xaiserve.evaluation.convex_hull import ConvexHullResult, convex_hull_scores
 from xaiserve.evaluation.localisation import LocalisationResult, localisation
-from xaiserve.evaluation.morf import MorfParams, MorfResult, morf_cost, region_perturbation
+from xaiserve.evaluation.morf import (
+    MorfParams,
+    MorfResult,
+    morf_cost,
+    morf_memory,
+    region_perturbation,
+)
 from xaiserve.evaluation.randomisation import RandomisationCurve
 from xaiserve.imaging.decode import ImageInput, RawTensor, decode_map
 from xaiserve.methods.params import params_from_mapping, params_to_dict
+from xaiserve.models.model import Model
 from xaiserve.models.randomised_variants import (
     RandomisationOptions,
     randomisation_cost,
@@ -78,7 +86,6 @@ def morf_params(values: Mapping[str, Any]) -> MorfParams:
 
 
 def score(services: Services, request: ScoreInput) -> ScoreResult:
-    ctx = context.current()
     start = time.perf_counter()
     model = services.repository.get(request.model, request.version)
     params = morf_params(request.morf)
@@ -113,6 +120,25 @@ def score(services: Services, request: ScoreInput) -> ScoreResult:
         "lower morf.steps or morf.repeats"
         + (" or randomisation.stops (each variant is a full method call)" if sanity else ""),
     )
+    footprint = morf_memory(params, model.input_size, model.num_classes)
+    if method is not None:
+        footprint = footprint + method.footprint
+    check_footprint(footprint, services.settings.max_request_bytes, "scoring")
+    with services.memory.reserve(footprint.bytes, footprint.knob):
+        return _score(services, request, model, params, keep, method, start, sanity)
+
+
+def _score(
+    services: Services,
+    request: ScoreInput,
+    model: Model,
+    params: MorfParams,
+    keep: float,
+    method: ResolvedMethod | None,
+    start: float,
+    sanity: RandomisationOptions | None,
+) -> ScoreResult:
+    ctx = context.current()
     image, decode_s = load_image(services, model, request.image)
     target, probs = resolve_target(model, image, request.target, None)
     h, w = model.input_size

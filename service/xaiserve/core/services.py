@@ -9,6 +9,7 @@ from xaiserve.config import Settings
 from xaiserve.imaging.decode import ImageLimits
 from xaiserve.jobs.operations import OperationStore
 from xaiserve.models.repository import ModelRepository
+from xaiserve.runtime.memory import MemoryBudget
 
 
 def _ignore(name: str) -> None:
@@ -28,6 +29,7 @@ class Services:
     operations: OperationStore
     observe_method: Callable[[str], None] = _ignore
     limits: ImageLimits = field(init=False)
+    memory: MemoryBudget = field(init=False)
 
     def __post_init__(self) -> None:
         s = self.settings
@@ -36,3 +38,4 @@ class Services:
             max_pixels=s.max_image_pixels,
             formats=tuple(s.allowed_image_formats),
         )
+        self.memory = MemoryBudget(s.memory_budget_bytes)

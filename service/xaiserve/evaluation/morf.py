@@ -48,6 +48,7 @@ from typing import Literal
 
 import numpy as np
 
+from xaiserve.contracts.footprint import Footprint
 from xaiserve.contracts.models import BlackBoxModel
 from xaiserve.errors import InvalidInput
 from xaiserve.imaging.fills import Fill, check_fill, fill_image
@@ -62,6 +63,15 @@ MAX_OUTPUT_BYTES = 8 * 2**20
 
 RANDOM_FILLS: frozenset[str] = frozenset({"uniform", "noise"})
 """Fills that draw random values, so that repeats differ."""
+
+MAX_WINDOW = 4096
+"""Upper bound on ``morf.window`` (pixels; larger than any model grid we accept)."""
+
+MAX_STEPS = 100_000
+"""Upper bound on ``morf.steps`` (``L``; clamped to the number of regions anyway)."""
+
+MAX_REPEATS = 1000
+"""Upper bound on ``morf.repeats``: checked before anything is sized from it."""
 
 
 @dataclass(frozen=True)
@@ -78,12 +88,14 @@ class MorfParams:
     random_baseline: bool = True
 
     def __post_init__(self) -> None:
-        if self.window < 1:
-            raise InvalidInput(f"morf.window is {self.window}; it must be at least 1 (pixels)")
-        if self.steps < 1:
-            raise InvalidInput(f"morf.steps is {self.steps}; it must be at least 1")
-        if self.repeats < 1:
-            raise InvalidInput(f"morf.repeats is {self.repeats}; it must be at least 1")
+        if not 1 <= self.window <= MAX_WINDOW:
+            raise InvalidInput(
+                f"morf.window is {self.window}; it must be in 1..{MAX_WINDOW} (pixels)"
+            )
+        if not 1 <= self.steps <= MAX_STEPS:
+            raise InvalidInput(f"morf.steps is {self.steps}; it must be in 1..{MAX_STEPS}")
+        if not 1 <= self.repeats <= MAX_REPEATS:
+            raise InvalidInput(f"morf.repeats is {self.repeats}; it must be in 1..{MAX_REPEATS}")
         if self.seed is not None and not 0 <= self.seed < 2**64:
             raise InvalidInput(f"morf.seed is {self.seed}; it must be in 0..2**64-1")
         check_fill(self.fill, "morf.fill")
@@ -166,6 +178,13 @@ def _steps_used(params: MorfParams, shape: tuple[int, int]) -> int:
     return min(params.steps, len(RegionGrid(shape[0], shape[1], params.window)))
 
 
+def sequence_count(params: MorfParams) -> int:
+    """How many perturbation sequences :func:`_sequences` yields, in O(1) (no list is built)."""
+    orderings = 2 if params.lerf else 1
+    fixed_runs = params.repeats if params.fill in RANDOM_FILLS else 1
+    return orderings * fixed_runs + (params.repeats if params.random_baseline else 0)
+
+
 def _sequences(params: MorfParams) -> list[tuple[Ordering, int]]:
     """The perturbation sequences to run: (ordering, repeat index)."""
     orderings: list[Ordering] = ["morf"]
@@ -180,10 +199,25 @@ def _sequences(params: MorfParams) -> list[tuple[Ordering, int]]:
 
 def morf_cost(params: MorfParams, shape: tuple[int, int]) -> int:
     """Exact forward passes :func:`region_perturbation` makes for an ``(H, W)`` image:
-    ``1 + L × sequences`` (``f(x^(0))`` once, then ``L`` perturbed images per sequence)."""
+    ``1 + L × sequences`` (``f(x^(0))`` once, then ``L`` perturbed images per sequence).
+    O(1) in every parameter: nothing is allocated per repeat or per step."""
     if shape[0] < 1 or shape[1] < 1:
         raise InvalidInput(f"image grid {shape} is empty")
-    return 1 + _steps_used(params, shape) * len(_sequences(params))
+    return 1 + _steps_used(params, shape) * sequence_count(params)
+
+
+def morf_memory(params: MorfParams, shape: tuple[int, int], num_classes: int) -> Footprint:
+    """Peak bytes of :func:`region_perturbation` beyond the model's own batches, in O(1).
+
+    The working image, the fill's replacement image and the chunk being built (``CHUNK_SIZE``
+    images) are float32 ``(H, W, 3)``; the scores of one ``predict`` call are capped at
+    :data:`MAX_OUTPUT_BYTES`; the curves hold ``sequences × (L + 1)`` float64 values.
+    """
+    image = 4 * 3 * shape[0] * shape[1]
+    steps = _steps_used(params, shape)
+    curves = 8 * sequence_count(params) * (steps + 1) * 2  # per-sequence curves, then their stack
+    scores = min(MAX_OUTPUT_BYTES, 4 * max(1, num_classes) * (1 + steps * sequence_count(params)))
+    return Footprint(image * (3 + 2 * CHUNK_SIZE) + curves + scores, "morf.repeats or morf.steps")
 
 
 def _sequence_rngs(seed: int, repeat: int) -> tuple[np.random.Generator, np.random.Generator]:

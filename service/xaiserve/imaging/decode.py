@@ -9,22 +9,63 @@ from __future__ import annotations
 
 import io
 import math
+import struct
 import warnings
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 
 from xaiserve.errors import InvalidInput
 
 _TENSOR_DTYPES = {"uint8": np.uint8, "float32": np.float32}
 
 
+AUTO_PIXELS_PER_MODEL_PIXEL = 256
+"""With ``max_image_pixels = 0`` an image may have 256× the model's input pixels (16× per
+side: a 224² model takes up to 3584², a 64² model up to 1024²), within the bounds below."""
+
+AUTO_MIN_PIXELS = 1024 * 1024
+AUTO_MAX_PIXELS = 4096 * 4096
+
+REDUCING_GAP = 2.0
+"""Decode-time downscaling stops while the image is still at least this many times the model's
+grid per side, so the final (antialiased bilinear) resize sees enough pixels — the same rule as
+Pillow's ``resize(reducing_gap=2.0)``."""
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+PNG_BASE_CHUNKS = 4096
+PNG_BYTES_PER_CHUNK = 512
+"""A PNG may hold at most ``4096 + size / 512`` chunks: encoders write image data in chunks of
+8–64 KiB, while a file of millions of empty chunks takes seconds to walk."""
+
+_ORIENTATION = 0x0112
+_TRANSPOSE = {
+    2: (Image.Transpose.FLIP_LEFT_RIGHT,),
+    3: (Image.Transpose.ROTATE_180,),
+    4: (Image.Transpose.FLIP_TOP_BOTTOM,),
+    5: (Image.Transpose.TRANSPOSE,),
+    6: (Image.Transpose.ROTATE_270,),
+    7: (Image.Transpose.TRANSVERSE,),
+    8: (Image.Transpose.ROTATE_90,),
+}
+"""EXIF orientation → the transposition that shows the image upright (as ``ImageOps.exif_transpose``)."""
+
+
 @dataclass(frozen=True)
 class ImageLimits:
     max_bytes: int = 16 * 1024 * 1024
-    max_pixels: int = 4096 * 4096
+    max_pixels: int = 4096 * 4096  # 0 = sized to the model (see pixels_for)
     formats: tuple[str, ...] = ("PNG", "JPEG")
+
+    def pixels_for(self, size: tuple[int, int] | None) -> int:
+        """The pixel limit for images headed to a model of input ``size`` (``(H, W)``)."""
+        if self.max_pixels > 0:
+            return self.max_pixels
+        if size is None:
+            return AUTO_MAX_PIXELS
+        auto = AUTO_PIXELS_PER_MODEL_PIXEL * size[0] * size[1]
+        return min(AUTO_MAX_PIXELS, max(AUTO_MIN_PIXELS, auto))
 
 
 @dataclass(frozen=True)
@@ -45,13 +86,19 @@ class ImageInput:
     tensor: RawTensor | None = None
 
 
-def decode_image(image: ImageInput, limits: ImageLimits, field: str = "image") -> np.ndarray:
-    """Decode a request image to image space at its own size (the one decoding step)."""
+def decode_image(
+    image: ImageInput,
+    limits: ImageLimits,
+    field: str = "image",
+    fit_within: tuple[int, int] | None = None,
+) -> np.ndarray:
+    """Decode a request image to image space (the one decoding step): at its own size, or
+    decode-time downscaled toward ``fit_within`` (the model's grid, see :func:`decode_encoded`)."""
     if image.encoded is not None:
-        return decode_encoded(image.encoded, limits)
+        return decode_encoded(image.encoded, limits, fit_within)
     if image.tensor is not None:
         t = image.tensor
-        return decode_tensor(t.dtype, list(t.shape), t.data, limits)
+        return decode_tensor(t.dtype, list(t.shape), t.data, limits, fit_within)
     raise InvalidInput(
         f"{field} is missing: set {field}.encoded (PNG/JPEG bytes) or {field}.tensor"
     )
@@ -63,8 +110,17 @@ def decode_map(t: RawTensor, height: int, width: int, field: str) -> np.ndarray:
     return decode_heatmap(t.dtype, list(t.shape), t.data, height, width, field)
 
 
-def decode_encoded(data: bytes, limits: ImageLimits) -> np.ndarray:
-    """Decode PNG/JPEG bytes (allow-listed formats only) after checking the declared size."""
+def decode_encoded(
+    data: bytes, limits: ImageLimits, fit_within: tuple[int, int] | None = None
+) -> np.ndarray:
+    """Decode PNG/JPEG bytes (allow-listed formats only) after checking the declared size.
+
+    With ``fit_within = (H, W)`` (the model's grid) the image is decoded no larger than it
+    needs to be: JPEG through its DCT scaling (``draft``), anything else through Pillow's box
+    ``reduce``, both stopping at :data:`REDUCING_GAP` × the grid per side, and always as 8-bit
+    pixels; only the reduced image becomes float32. A broken EXIF block is ignored (the image
+    is shown as stored) rather than failing the request.
+    """
     if not data:
         raise InvalidInput("image.encoded is empty: send PNG or JPEG file bytes")
     if len(data) > limits.max_bytes:
@@ -72,16 +128,24 @@ def decode_encoded(data: bytes, limits: ImageLimits) -> np.ndarray:
             f"image is {len(data)} bytes, over the limit of {limits.max_bytes} bytes "
             "(max_image_bytes): send a smaller image"
         )
+    max_pixels = limits.pixels_for(fit_within)
     try:
+        if data.startswith(PNG_SIGNATURE):
+            _check_png_chunks(data)
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data), formats=list(limits.formats))
-            width, height = img.size
-            _check_pixels(height, width, limits)
-            if getattr(img, "n_frames", 1) > 1:
-                img.seek(0)
-            oriented: Image.Image = ImageOps.exif_transpose(img) or img
-            return _to_rgb_array(oriented)
+            opened = Image.open(io.BytesIO(data), formats=list(limits.formats))
+            width, height = opened.size
+            _check_pixels(height, width, max_pixels)
+            if getattr(opened, "n_frames", 1) > 1:
+                opened.seek(0)
+            orientation = _orientation(opened)
+            img: Image.Image = opened
+            if fit_within is not None:
+                img = _reduced(img, fit_within, orientation)
+            for step in _TRANSPOSE.get(orientation, ()):
+                img = img.transpose(step)
+            return _to_rgb_array(img)
     except InvalidInput:
         raise
     except UnidentifiedImageError:
@@ -91,21 +155,70 @@ def decode_encoded(data: bytes, limits: ImageLimits) -> np.ndarray:
         ) from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise InvalidInput(
-            f"image declares too many pixels (limit {limits.max_pixels}, max_image_pixels)"
+            f"image declares too many pixels (limit {max_pixels}, max_image_pixels)"
         ) from None
-    except (OSError, ValueError, SyntaxError, EOFError, MemoryError, IndexError, TypeError) as exc:
+    except Exception as exc:
+        # Pillow's plugins raise OSError, ValueError, SyntaxError, EOFError, struct.error,
+        # IndexError, TypeError, ZeroDivisionError ... on malformed files; none is our fault.
         raise InvalidInput(
             f"image.encoded is corrupt or truncated ({type(exc).__name__}): send a complete file"
         ) from None
 
 
-def _check_pixels(height: int, width: int, limits: ImageLimits) -> None:
+def _check_png_chunks(data: bytes) -> None:
+    """Walk the PNG chunk list (lengths only) and refuse files with absurdly many chunks."""
+    limit = PNG_BASE_CHUNKS + len(data) // PNG_BYTES_PER_CHUNK
+    pos, count, end = len(PNG_SIGNATURE), 0, len(data)
+    while pos + 8 <= end:
+        (length,) = struct.unpack_from(">I", data, pos)
+        count += 1
+        if count > limit:
+            raise InvalidInput(
+                f"PNG has more than {limit} chunks for {len(data)} bytes: re-encode the image"
+            )
+        if data[pos + 4 : pos + 8] == b"IEND":
+            return
+        pos += 12 + length
+
+
+def _orientation(img: Image.Image) -> int:
+    """The EXIF orientation tag (1 when absent, unreadable or out of range)."""
+    try:
+        value = img.getexif().get(_ORIENTATION, 1)
+    except Exception:
+        return 1
+    return value if isinstance(value, int) and value in _TRANSPOSE else 1
+
+
+def _reduced(img: Image.Image, grid: tuple[int, int], orientation: int) -> Image.Image:
+    """``img`` decoded at the smallest size still ≥ ``REDUCING_GAP`` × ``grid`` per side."""
+    th, tw = grid
+    if orientation in (5, 6, 7, 8):  # stored sideways: the grid's sides swap
+        th, tw = tw, th
+    width, height = img.size
+    want = (math.ceil(tw * REDUCING_GAP), math.ceil(th * REDUCING_GAP))
+    if img.format == "JPEG" and (width > want[0] or height > want[1]):
+        img.draft("RGB", want)
+    img.load()
+    width, height = img.size
+    factor = int(min(width / (tw * REDUCING_GAP), height / (th * REDUCING_GAP)))
+    if factor < 2:
+        return img
+    if img.mode in ("I;16", "I;16B", "I;16L"):
+        img = img.convert("I")
+    elif img.mode in ("P", "PA", "1"):
+        alpha = img.mode == "PA" or "transparency" in img.info
+        img = img.convert("RGBA" if alpha else "RGB")
+    return img.reduce(factor)
+
+
+def _check_pixels(height: int, width: int, max_pixels: int) -> None:
     if height < 1 or width < 1:
         raise InvalidInput(f"image is {width}×{height}: both sides must be at least 1 pixel")
-    if height * width > limits.max_pixels:
+    if height * width > max_pixels:
         raise InvalidInput(
             f"image is {width}×{height} = {width * height} pixels, over the limit of "
-            f"{limits.max_pixels} (max_image_pixels): downscale it before sending"
+            f"{max_pixels} (max_image_pixels): downscale it before sending"
         )
 
 
@@ -127,8 +240,15 @@ def _to_rgb_array(img: Image.Image) -> np.ndarray:
     return np.asarray(rgb, dtype=np.float32).copy()
 
 
-def decode_tensor(dtype: str, shape: list[int], data: bytes, limits: ImageLimits) -> np.ndarray:
+def decode_tensor(
+    dtype: str,
+    shape: list[int],
+    data: bytes,
+    limits: ImageLimits,
+    fit_within: tuple[int, int] | None = None,
+) -> np.ndarray:
     """Validate and convert a raw image tensor (H, W, 3), (H, W, 1) or (H, W)."""
+    max_pixels = limits.pixels_for(fit_within)
     if dtype not in _TENSOR_DTYPES:
         raise InvalidInput(
             f"image.tensor.dtype {dtype!r} is not supported: use 'uint8' or 'float32'"
@@ -144,11 +264,11 @@ def decode_tensor(dtype: str, shape: list[int], data: bytes, limits: ImageLimits
             f"image.tensor.shape {list(shape)}: the last axis must be 3 (RGB) or 1 (gray)"
         )
     height, width = shape[0], shape[1]
-    if height > limits.max_pixels or width > limits.max_pixels:
+    if height > max_pixels or width > max_pixels:
         raise InvalidInput(
-            f"image.tensor.shape {list(shape)} is over max_image_pixels ({limits.max_pixels})"
+            f"image.tensor.shape {list(shape)} is over max_image_pixels ({max_pixels})"
         )
-    _check_pixels(height, width, limits)
+    _check_pixels(height, width, max_pixels)
     itemsize = np.dtype(_TENSOR_DTYPES[dtype]).itemsize
     expected = math.prod(shape) * itemsize
     if expected != len(data):

@@ -17,6 +17,10 @@ from xaiserve.errors import InvalidInput
 Fill = Literal["black", "white", "mean", "blur", "noise", "uniform"]
 FILLS: tuple[str, ...] = get_args(Fill)
 
+MAX_BLUR_SIGMA = 64.0
+"""Upper bound on the ``blur`` fill's σ (pixels): the filter touches ~8σ pixels per pixel and
+axis, and beyond ~a quarter of the image side a blur is the image mean anyway."""
+
 
 def check_fill(name: str, field: str = "fill") -> Fill:
     if name not in FILLS:
@@ -42,6 +46,8 @@ def fill_image(
             np.float32
         )
     if fill == "blur":
+        if not 0 <= blur_sigma <= MAX_BLUR_SIGMA:
+            raise InvalidInput(f"blur_sigma is {blur_sigma:g}; it must be in 0..{MAX_BLUR_SIGMA:g}")
         return gaussian_filter(image.astype(np.float32), sigma=(blur_sigma, blur_sigma, 0))
     if fill == "noise":
         mean = image.mean(axis=(0, 1))

@@ -16,6 +16,16 @@ from xaiserve.errors import InvalidInput
 
 Algorithm = Literal["slic", "felzenszwalb", "quickshift"]
 
+# Upper bounds checked at validation, so that segmentation time is bounded by the image alone
+# (a Gaussian of σ touches ~8σ pixels per pixel and axis; quickshift a (6·kernel_size)² window).
+MAX_SEGMENTS = 1 << 20
+MAX_COMPACTNESS = 1e4
+MAX_SIGMA = 16.0
+MAX_SCALE = 1e6
+MAX_MIN_SIZE = 1 << 20
+MAX_KERNEL_SIZE = 16.0
+MAX_DIST = 1e4
+
 
 @dataclass(frozen=True)
 class SegmentationParams:
@@ -44,12 +54,29 @@ class SegmentationParams:
     nested: bool = False
 
     def __post_init__(self) -> None:
-        if self.n_segments < 1:
-            raise InvalidInput("segmentation.n_segments must be at least 1")
-        if self.compactness <= 0:
-            raise InvalidInput("segmentation.compactness must be positive")
-        if self.sigma < 0:
-            raise InvalidInput("segmentation.sigma must not be negative")
+        if not 1 <= self.n_segments <= MAX_SEGMENTS:
+            raise InvalidInput(
+                f"segmentation.n_segments must be at least 1 and at most {MAX_SEGMENTS}"
+            )
+        if not 0 < self.compactness <= MAX_COMPACTNESS:
+            raise InvalidInput(f"segmentation.compactness must be in (0, {MAX_COMPACTNESS:g}]")
+        if not 0 <= self.sigma <= MAX_SIGMA:
+            raise InvalidInput(
+                f"segmentation.sigma is {self.sigma:g}; it must be in 0..{MAX_SIGMA:g} (pixels)"
+            )
+        if not 0 < self.scale <= MAX_SCALE:
+            raise InvalidInput(f"segmentation.scale must be in (0, {MAX_SCALE:g}]")
+        if not 0 <= self.min_size <= MAX_MIN_SIZE:
+            raise InvalidInput(f"segmentation.min_size must be in 0..{MAX_MIN_SIZE} (pixels)")
+        if not 0 < self.kernel_size <= MAX_KERNEL_SIZE:
+            raise InvalidInput(
+                f"segmentation.kernel_size is {self.kernel_size:g}; it must be in "
+                f"(0, {MAX_KERNEL_SIZE:g}] (quickshift's cost grows with its square)"
+            )
+        if not 0 < self.max_dist <= MAX_DIST:
+            raise InvalidInput(f"segmentation.max_dist must be in (0, {MAX_DIST:g}]")
+        if not 0 <= self.ratio <= 1:
+            raise InvalidInput("segmentation.ratio must be in 0..1")
 
     def algorithm_key(self, with_count: bool = True) -> tuple[object, ...]:
         """The fields the chosen algorithm reads (a cache key: other fields cannot change labels).

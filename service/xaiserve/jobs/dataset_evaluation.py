@@ -116,7 +116,12 @@ def randomisation_summary(
 
 def _mask(item: DatasetItem, model: Model) -> np.ndarray:
     assert item.load_mask is not None
-    raw = item.load_mask().astype(np.uint8) * 255
+    return mask_on_grid(item.load_mask(), model)
+
+
+def mask_on_grid(mask: np.ndarray, model: Model) -> np.ndarray:
+    """A boolean mask on any grid, brought to the model's input grid like its image."""
+    raw = np.asarray(mask).astype(np.uint8) * 255
     h, w = model.input_size
     if raw.shape == (h, w):
         return raw > 127

@@ -19,6 +19,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from xaiserve.contracts.footprint import MemoryShape, default_memory
 from xaiserve.contracts.images import ImageBatch, OutputSpace
 from xaiserve.contracts.models import BlackBoxModel, TorchBackend, WhiteBoxModel
 from xaiserve.errors import Unimplemented
@@ -82,6 +83,9 @@ class MethodSpec:
     backend: Backend
     cost: Callable[[Any, tuple[int, int]], int]
     signed: bool
+    memory: MemoryShape = default_memory
+    """Peak bytes the method allocates for ``(params, (H, W), num_classes)``, in O(1) (see
+    :mod:`xaiserve.contracts.footprint`)."""
 
     @property
     def model_backend(self) -> str:
@@ -99,13 +103,14 @@ def register_method(
     backend: Backend,
     cost: Callable[[Any, tuple[int, int]], int],
     signed: bool,
+    memory: MemoryShape = default_memory,
 ) -> Callable[[Callable[..., Explanation]], Callable[..., Explanation]]:
     """Register ``explain`` under ``name`` (the paper's name, and the proto's oneof field)."""
 
     def decorate(fn: Callable[..., Explanation]) -> Callable[..., Explanation]:
         if name in _REGISTRY:
             raise ValueError(f"method {name!r} registered twice")
-        _REGISTRY[name] = MethodSpec(name, fn, params, backend, cost, signed)
+        _REGISTRY[name] = MethodSpec(name, fn, params, backend, cost, signed, memory)
         return fn
 
     return decorate

@@ -47,8 +47,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from xaiserve.contracts.footprint import Footprint, image_bytes, scores_bytes
 from xaiserve.errors import InvalidInput
-from xaiserve.imaging.fills import Fill, check_fill, fill_image
+from xaiserve.imaging.fills import MAX_BLUR_SIGMA, Fill, check_fill, fill_image
 from xaiserve.imaging.segmentation import SegmentationParams, relabel_contiguous
 from xaiserve.imaging.segmenter import Superpixels, shared_segmenter
 from xaiserve.methods.base import (
@@ -111,8 +112,8 @@ class ContextualImportanceParams:
             raise InvalidInput(f"output {self.output!r} is unknown; choose probabilities or raw")
         if not 0 <= self.seed < 2**64:
             raise InvalidInput(f"seed is {self.seed}; it must be in 0..2**64-1")
-        if not (math.isfinite(self.blur_sigma) and self.blur_sigma >= 0):
-            raise InvalidInput("blur_sigma must be a non-negative number")
+        if not (math.isfinite(self.blur_sigma) and 0 <= self.blur_sigma <= MAX_BLUR_SIGMA):
+            raise InvalidInput(f"blur_sigma must be in 0..{MAX_BLUR_SIGMA:g} (pixels)")
 
     @property
     def perturbation_fills(self) -> tuple[Fill, ...]:
@@ -137,11 +138,24 @@ def cost(params: ContextualImportanceParams, size: tuple[int, int]) -> int:
     return forward_passes(min(params.segmentation.n_segments, h * w), params)
 
 
+def memory(
+    params: ContextualImportanceParams, size: tuple[int, int], num_classes: int
+) -> Footprint:
+    """One replacement image per fill, a chunk of perturbed images (:data:`CHUNK_BYTES`), the
+    region pixel lists and label map, the output maps, and the scores of every perturbation."""
+    fills = len(params.perturbation_fills)
+    images = (fills + 12) * image_bytes(size) + CHUNK_BYTES
+    scores = scores_bytes(cost(params, size), num_classes)
+    knob = "contextual_importance.segmentation.n_segments" if scores > images else "image"
+    return Footprint(images + 16 * size[0] * size[1] + scores, knob)
+
+
 @register_method(
     "contextual_importance",
     params=ContextualImportanceParams,
     backend="blackbox",
     cost=cost,
+    memory=memory,
     signed=True,
 )
 def contextual_importance(

@@ -42,10 +42,11 @@ from typing import Any, Literal
 
 import numpy as np
 
+from xaiserve.contracts.footprint import Footprint, image_bytes
 from xaiserve.contracts.names import validate_name
 from xaiserve.errors import FailedPrecondition, InvalidInput
 from xaiserve.evaluation.convex_hull import convex_hull_mask, hull_sensitivity, important_pixels
-from xaiserve.methods import gradients as _gradients  # noqa: F401 - registers the base methods
+from xaiserve.methods import gradients as _gradients
 from xaiserve.methods.base import (
     Explanation,
     Target,
@@ -79,8 +80,11 @@ class GadParams:
         validate_name(self.support_set, "gad.support_set")
         if not 0.0 < self.keep_fraction <= 1.0:
             raise InvalidInput(f"gad.keep_fraction is {self.keep_fraction}; it must be in (0, 1]")
-        if self.steps < 1:
-            raise InvalidInput("gad.steps must be ≥ 1")
+        if not 1 <= self.steps <= _gradients.MAX_GAUSS_LEGENDRE_STEPS:
+            raise InvalidInput(
+                f"gad.steps is {self.steps}; it must be in 1..{_gradients.MAX_GAUSS_LEGENDRE_STEPS} "
+                "(the integrated-gradients base integrates with Gauss–Legendre)"
+            )
 
 
 def base_params(params: GadParams) -> Any:
@@ -97,6 +101,14 @@ def _cost(params: GadParams, size: tuple[int, int]) -> int:
     set holds), plus the occlusions of Eq. 2."""
     base = int(get_method(params.base_method).cost(base_params(params), size))
     return (1 + len(DEFAULT_ALPHAS)) * base + _RS_PASSES
+
+
+def _memory(params: GadParams, size: tuple[int, int], num_classes: int) -> Footprint:
+    """The base method's footprint (its runs are sequential), plus the maps of the original and
+    every support model and the hull masks."""
+    base = get_method(params.base_method).memory(base_params(params), size, num_classes)
+    maps = (2 + len(DEFAULT_ALPHAS)) * 2 * image_bytes(size)
+    return Footprint(base.bytes + maps, base.knob)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -127,7 +139,9 @@ def gad_filter(maps: Sequence[np.ndarray], keep_fraction: float) -> tuple[np.nda
 # the method
 
 
-@register_method("gad", params=GadParams, backend="whitebox", cost=_cost, signed=False)
+@register_method(
+    "gad", params=GadParams, backend="whitebox", cost=_cost, memory=_memory, signed=False
+)
 def gad(model: WhiteBoxModel, image: np.ndarray, target: Target, params: GadParams) -> Explanation:
     """GAD (Section 4.3) over ``params.base_method``, with RC/RS of Section 5 (see module docs).
 

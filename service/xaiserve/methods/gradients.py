@@ -18,9 +18,10 @@ Gradients are taken with respect to the model's (normalised) input tensor.
 
 from __future__ import annotations
 
+import functools
 import threading
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -35,8 +36,17 @@ from captum.attr import (
     NoiseTunnel,
     Saliency,
 )
+from captum.attr._utils import approximation_methods as _captum_approximation
 from torch import nn
 
+from xaiserve.contracts.footprint import (
+    FLOAT32,
+    FLOAT64,
+    TORCH_BATCH_BYTES,
+    Footprint,
+    image_bytes,
+    torch_batch,
+)
 from xaiserve.errors import InvalidInput
 from xaiserve.imaging.fills import FILLS, check_fill, fill_image
 from xaiserve.methods.base import (
@@ -59,9 +69,59 @@ DEFAULT_IG_BATCH = {"cpu": 10, "cuda": 64}
 """Internal batch of interpolation steps when the request leaves it 0 (per device type: on a
 2-core CPU per-image cost is flat or worse above ~10 images; a GPU wants whole batches)."""
 
+MAX_STEPS = 100_000
+"""Upper bound on ``integrated_gradients.steps`` with a Riemann rule (O(steps) memory/CPU)."""
 
-def _ig_batch(requested: int, steps: int, device: torch.device) -> int:
-    return min(steps, requested or DEFAULT_IG_BATCH.get(device.type, DEFAULT_IG_BATCH["cpu"]))
+MAX_GAUSS_LEGENDRE_STEPS = 256
+"""Upper bound on ``steps`` with ``integration = "gausslegendre"``: its nodes and weights come
+from an eigenvalue problem on a ``steps × steps`` matrix (numpy ``leggauss``), O(steps²) memory
+and O(steps³) CPU that no deadline can interrupt — 256 steps take ~0.2 s of CPU, 512 steps
+~0.5 s, 2000 steps a minute. (Gauss–Legendre needs few nodes: use a Riemann rule for more.)
+The nodes are computed once per step count and cached (:func:`gauss_legendre`)."""
+
+GAUSS_LEGENDRE_PASS_EQUIVALENT = 200_000
+"""``steps³`` of the Gauss–Legendre eigenproblem counted as one forward pass in the cost
+estimate (256 steps ≈ 80 passes; the first request for a step count computes them)."""
+
+MAX_SAMPLES = 10_000
+"""Upper bound on ``smoothgrad.samples``."""
+
+MAX_NOISE_LEVEL = 10.0
+"""Upper bound on ``smoothgrad.noise_level`` (σ in multiples of the input's value range)."""
+
+MAX_SEED = 2**64 - 1
+
+
+@functools.lru_cache(maxsize=64)
+def gauss_legendre(n: int) -> tuple[list[float], list[float]]:
+    """Gauss–Legendre quadrature on [0, 1] with ``n`` nodes: ``(step_sizes, alphas)`` as
+    captum uses them (weights/2 and (1 + nodes)/2), computed once per ``n``."""
+    nodes, weights = np.polynomial.legendre.leggauss(n)
+    return (0.5 * weights).tolist(), (0.5 * (1.0 + nodes)).tolist()
+
+
+def _cached_gauss_legendre_builders() -> tuple[
+    Callable[[int], list[float]], Callable[[int], list[float]]
+]:
+    return (lambda n: list(gauss_legendre(n)[0]), lambda n: list(gauss_legendre(n)[1]))
+
+
+# captum recomputes ``leggauss(n)`` twice per batch call (step sizes, then alphas); serve both
+# from the cache instead (same numbers, see tests/unit/test_footprint.py).
+_captum_approximation.gauss_legendre_builders = _cached_gauss_legendre_builders
+
+
+def _ig_batch(requested: int, steps: int, backend: TorchBackend, size: tuple[int, int]) -> int:
+    """Steps per internal batch: the client's request or the device default, capped by the
+    lease's memory budget (``torch_batch_bytes``), so the client alone never decides it."""
+    default = DEFAULT_IG_BATCH.get(backend.device.type, DEFAULT_IG_BATCH["cpu"])
+    budget = int(getattr(backend, "batch_bytes", TORCH_BATCH_BYTES))
+    return min(steps, torch_batch(budget, size, requested or default))
+
+
+def _check_seed(seed: int | None, field: str) -> None:
+    if seed is not None and not 0 <= seed <= MAX_SEED:
+        raise InvalidInput(f"{field} is {seed}; it must be in 0..2**64-1")
 
 
 @dataclass
@@ -97,11 +157,24 @@ class IntegratedGradientsParams:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.steps < 1:
-            raise InvalidInput("steps must be ≥ 1")
-        if self.internal_batch_size < 0:
-            raise InvalidInput("internal_batch_size must be ≥ 0")
+        limit = MAX_GAUSS_LEGENDRE_STEPS if self.integration == "gausslegendre" else MAX_STEPS
+        if not 1 <= self.steps <= limit:
+            raise InvalidInput(
+                f"steps is {self.steps}; it must be in 1..{limit} with integration "
+                f"{self.integration!r}"
+                + (
+                    " (use a riemann_* rule for more steps)"
+                    if self.integration == "gausslegendre"
+                    else ""
+                )
+            )
+        if not 0 <= self.internal_batch_size <= self.steps:
+            raise InvalidInput(
+                f"internal_batch_size is {self.internal_batch_size}; it must be in 0..steps "
+                "(0 = the server's choice; the server may batch fewer to stay in its memory budget)"
+            )
         check_fill(self.baseline, "baseline")
+        _check_seed(self.seed, "seed")
 
 
 @dataclass
@@ -115,10 +188,13 @@ class SmoothGradParams:
     seed: int | None = None
 
     def __post_init__(self) -> None:
-        if self.samples < 1:
-            raise InvalidInput("samples must be ≥ 1")
-        if self.noise_level < 0:
-            raise InvalidInput("noise_level must be ≥ 0")
+        if not 1 <= self.samples <= MAX_SAMPLES:
+            raise InvalidInput(f"samples is {self.samples}; it must be in 1..{MAX_SAMPLES}")
+        if not 0 <= self.noise_level <= MAX_NOISE_LEVEL:
+            raise InvalidInput(
+                f"noise_level is {self.noise_level}; it must be in 0..{MAX_NOISE_LEVEL}"
+            )
+        _check_seed(self.seed, "seed")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -287,7 +363,23 @@ for _name, _wrapper in CAPTUM_WRAPPERS.items():
 
 
 def _ig_cost(params: IntegratedGradientsParams, size: tuple[int, int]) -> int:
-    return 2 * params.steps + 2
+    """Forward-pass equivalents: a forward and a backward per step, the convergence check's
+    two passes, and for Gauss–Legendre the O(steps³) eigenproblem behind its nodes."""
+    table = 0
+    if params.integration == "gausslegendre":
+        table = params.steps**3 // GAUSS_LEGENDRE_PASS_EQUIVALENT
+    return 2 * params.steps + 2 + table
+
+
+def _ig_memory(
+    params: IntegratedGradientsParams, size: tuple[int, int], num_classes: int = 1
+) -> Footprint:
+    """The integration rule's table (Gauss–Legendre: the ``steps²`` float64 companion matrix and
+    the eigensolver's workspace, ~3×), the per-step scalars, and the input, baseline,
+    attribution and gradient sum at the input's size (the batches are under the torch budget)."""
+    table = 3 * FLOAT64 * params.steps**2 if params.integration == "gausslegendre" else 0
+    rest = 2 * FLOAT64 * params.steps + 6 * image_bytes(size)
+    return Footprint(table + rest, "integrated_gradients.steps" if table > rest else "image")
 
 
 def ig_baseline(image: np.ndarray, params: IntegratedGradientsParams) -> np.ndarray:
@@ -301,6 +393,7 @@ def ig_baseline(image: np.ndarray, params: IntegratedGradientsParams) -> np.ndar
     params=IntegratedGradientsParams,
     backend="whitebox",
     cost=_ig_cost,
+    memory=_ig_memory,
     signed=True,
 )
 def integrated_gradients(
@@ -321,7 +414,9 @@ def integrated_gradients(
             target=t,
             n_steps=params.steps,
             method=params.integration,
-            internal_batch_size=_ig_batch(params.internal_batch_size, params.steps, backend.device),
+            internal_batch_size=_ig_batch(
+                params.internal_batch_size, params.steps, backend, image.shape[:2]
+            ),
             return_convergence_delta=True,
         )
         heat = backend.to_heatmap(attr)[0]
@@ -344,16 +439,27 @@ def _smoothgrad_cost(params: SmoothGradParams, size: tuple[int, int]) -> int:
     return params.samples * int(base.cost(base.params_type(), size))
 
 
-def _smoothgrad_base(name: str, fn: nn.Module, device: torch.device) -> tuple[Any, dict[str, Any]]:
+def _smoothgrad_base(
+    name: str, fn: nn.Module, backend: TorchBackend, size: tuple[int, int]
+) -> tuple[Any, dict[str, Any]]:
     """The base method's captum attribution and its arguments, from the same configuration
     as the registered method (integrated gradients at its default steps)."""
     if name == "integrated_gradients":
         steps = IntegratedGradientsParams().steps
-        return IntegratedGradients(fn), {"internal_batch_size": _ig_batch(0, steps, device)}
+        return IntegratedGradients(fn), {"internal_batch_size": _ig_batch(0, steps, backend, size)}
     if name not in CAPTUM_WRAPPERS:
         raise InvalidInput(f"base_method {name!r} is unknown")
     wrapper = CAPTUM_WRAPPERS[name]
     return wrapper.attribution(fn), dict(wrapper.kwargs)
+
+
+def _smoothgrad_memory(
+    params: SmoothGradParams, size: tuple[int, int], num_classes: int = 1
+) -> Footprint:
+    """NoiseTunnel keeps the running sum and sum of squares at the input's size; the noisy
+    copies go through in batches under the torch budget (``nt_samples_batch_size``)."""
+    base = _ig_memory(IntegratedGradientsParams(), size).bytes
+    return Footprint(base + 4 * image_bytes(size) + FLOAT32 * params.samples, "smoothgrad.samples")
 
 
 _SEED_LOCK = threading.Lock()
@@ -382,7 +488,12 @@ def _value_range(backend: TorchBackend) -> float:
 
 
 @register_method(
-    "smoothgrad", params=SmoothGradParams, backend="whitebox", cost=_smoothgrad_cost, signed=True
+    "smoothgrad",
+    params=SmoothGradParams,
+    backend="whitebox",
+    cost=_smoothgrad_cost,
+    memory=_smoothgrad_memory,
+    signed=True,
 )
 def smoothgrad(
     model: WhiteBoxModel, image: np.ndarray, target: Target, params: SmoothGradParams
@@ -391,15 +502,24 @@ def smoothgrad(
     (captum ``NoiseTunnel``). The saliency base is ℓ2-pooled over channels (Samek et al. Eq. 3);
     other bases are summed over channels."""
     _check_target(model.num_classes, target)
+    size = (int(image.shape[0]), int(image.shape[1]))
     with model.torch_backend() as backend, _quiet():
         fn, t = _explained(backend.module, target)
-        base, kwargs = _smoothgrad_base(params.base_method, fn, backend.device)
+        base, kwargs = _smoothgrad_base(params.base_method, fn, backend, size)
+        # Noisy copies per batch: the device's batch, capped by the memory budget — never all
+        # samples at once (IG as the base already batches its steps: its copies go one by one).
+        per_batch = (
+            1
+            if params.base_method == "integrated_gradients"
+            else _ig_batch(0, params.samples, backend, size)
+        )
         sigma = params.noise_level * _value_range(backend)
         with _seeded(params.seed, backend.device):
             attr = NoiseTunnel(base).attribute(
                 _input(backend, image),
                 nt_type=params.variant,
                 nt_samples=params.samples,
+                nt_samples_batch_size=min(params.samples, per_batch),
                 stdevs=sigma,
                 target=t,
                 **kwargs,

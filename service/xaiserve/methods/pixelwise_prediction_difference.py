@@ -31,6 +31,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from xaiserve.contracts.footprint import FLOAT64, Footprint, image_bytes, scores_bytes
 from xaiserve.errors import InvalidInput
 from xaiserve.methods.base import BlackBoxModel, Explanation, Target, chunked, register_method
 from xaiserve.methods.prediction_difference import (
@@ -44,6 +45,15 @@ CHUNK_IMAGES = 32
 
 MAX_OUTPUT_VALUES = 2**24
 """Bound on ``images × classes`` of one ``predict`` call (64 MiB of float32 scores)."""
+
+
+MAX_SIDE = 4096
+"""Upper bound on ``inner_size`` and ``stride`` (pixels; larger than any accepted model grid)."""
+
+MAX_SAMPLES = 10_000
+"""Upper bound on ``samples`` (``r``)."""
+
+MAX_TRAIN_SIZE = 10**9
 
 
 @dataclass(frozen=True)
@@ -64,18 +74,20 @@ class PixelwisePredictionDifferenceParams:
     laplace_train_size: int = DEFAULT_LAPLACE_TRAIN_SIZE
 
     def __post_init__(self) -> None:
-        if self.inner_size < 1:
-            raise InvalidInput("inner_size must be at least 1")
-        if self.outer_size <= self.inner_size:
-            raise InvalidInput("outer_size must be larger than inner_size (l > k)")
-        if self.samples < 1:
-            raise InvalidInput("samples must be at least 1")
-        if self.stride < 1:
-            raise InvalidInput("stride must be at least 1")
-        if self.laplace_train_size < 1:
-            raise InvalidInput("laplace_train_size must be at least 1")
-        if self.seed < 0:
-            raise InvalidInput("seed must not be negative")
+        if not 1 <= self.inner_size <= MAX_SIDE:
+            raise InvalidInput(f"inner_size must be in 1..{MAX_SIDE}")
+        if not self.inner_size < self.outer_size <= 2 * MAX_SIDE:
+            raise InvalidInput(
+                f"outer_size must be larger than inner_size (l > k) and at most {2 * MAX_SIDE}"
+            )
+        if not 1 <= self.samples <= MAX_SAMPLES:
+            raise InvalidInput(f"samples must be in 1..{MAX_SAMPLES}")
+        if not 1 <= self.stride <= MAX_SIDE:
+            raise InvalidInput(f"stride must be in 1..{MAX_SIDE}")
+        if not 1 <= self.laplace_train_size <= MAX_TRAIN_SIZE:
+            raise InvalidInput(f"laplace_train_size must be in 1..{MAX_TRAIN_SIZE}")
+        if not 0 <= self.seed < 2**63:
+            raise InvalidInput("seed must be in 0..2**63-1")
 
 
 def patch_positions(n: int, k: int, stride: int) -> list[int]:
@@ -95,6 +107,25 @@ def cost(params: PixelwisePredictionDifferenceParams, size: tuple[int, int]) -> 
     k = params.inner_size
     windows = len(patch_positions(h, k, params.stride)) * len(patch_positions(w, k, params.stride))
     return 1 + windows * params.samples
+
+
+def memory(
+    params: PixelwisePredictionDifferenceParams, size: tuple[int, int], num_classes: int
+) -> Footprint:
+    """The ``r`` replacement patches of one window (``r·k²·3`` float64, and their clipped copy),
+    a chunk of perturbed images, and one call's scores (capped at :data:`MAX_OUTPUT_VALUES`)."""
+    k = min(params.inner_size, max(size))
+    patches = 2 * FLOAT64 * params.samples * k * k * 3
+    chunk = (CHUNK_IMAGES + 4) * image_bytes(size)
+    scores = scores_bytes(
+        min(cost(params, size), MAX_OUTPUT_VALUES // max(1, num_classes)), num_classes
+    )
+    knob = (
+        "pixelwise_prediction_difference.samples"
+        if patches >= scores
+        else "pixelwise_prediction_difference.stride"
+    )
+    return Footprint(patches + chunk + scores, knob)
 
 
 def outer_bounds(y: int, n: int, k: int, l: int) -> tuple[int, int]:  # noqa: E741
@@ -156,6 +187,7 @@ def _perturbations(
     params=PixelwisePredictionDifferenceParams,
     backend="blackbox",
     cost=cost,
+    memory=memory,
     signed=True,
 )
 def explain(

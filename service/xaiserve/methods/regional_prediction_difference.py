@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from xaiserve.contracts.footprint import Footprint, image_bytes, scores_bytes
 from xaiserve.errors import InvalidInput
 from xaiserve.imaging.exact_regions import BoundaryPrior
 from xaiserve.imaging.segmentation import SegmentationParams
@@ -54,6 +55,15 @@ CHUNK_IMAGES = 16
 """Perturbed images per chunk handed to ``model.predict``."""
 
 MAX_SCALES = 16
+
+MAX_SIGMA_SQUARED = 255.0**2
+"""Upper bound on ``sigma_squared`` (beyond it every sample is clipped to 0 or 255)."""
+
+MAX_PRIOR_SEGMENTS = 4096
+"""Upper bound on ``prior_segments`` (the boundary prior's regions, 2^8 in the paper)."""
+
+MAX_BANDWIDTH = 1000.0
+"""Upper bound on the mean-shift ``bandwidth`` (colour distance on the 0..255 scale)."""
 
 
 @dataclass(frozen=True)
@@ -80,16 +90,16 @@ class RegionalPredictionDifferenceParams:
     def __post_init__(self) -> None:
         if not 1 <= self.scales <= MAX_SCALES:
             raise InvalidInput(f"scales must be between 1 and {MAX_SCALES}")
-        if self.sigma_squared < 0:
-            raise InvalidInput("sigma_squared must not be negative")
-        if self.prior_segments < 1:
-            raise InvalidInput("prior_segments must be at least 1")
-        if self.bandwidth is not None and self.bandwidth <= 0:
-            raise InvalidInput("bandwidth must be positive")
-        if self.laplace_train_size < 1:
-            raise InvalidInput("laplace_train_size must be at least 1")
-        if self.seed < 0:
-            raise InvalidInput("seed must not be negative")
+        if not 0 <= self.sigma_squared <= MAX_SIGMA_SQUARED:
+            raise InvalidInput(f"sigma_squared must be in 0..{MAX_SIGMA_SQUARED:g}")
+        if not 1 <= self.prior_segments <= MAX_PRIOR_SEGMENTS:
+            raise InvalidInput(f"prior_segments must be in 1..{MAX_PRIOR_SEGMENTS}")
+        if self.bandwidth is not None and not 0 < self.bandwidth <= MAX_BANDWIDTH:
+            raise InvalidInput(f"bandwidth must be in (0, {MAX_BANDWIDTH:g}]")
+        if not 1 <= self.laplace_train_size <= 10**9:
+            raise InvalidInput("laplace_train_size must be in 1..10**9")
+        if not 0 <= self.seed < 2**63:
+            raise InvalidInput("seed must be in 0..2**63-1")
         if self.segmentation.nested and self.prior_segments < 2**self.scales:
             raise InvalidInput(
                 f"segmentation.nested merges the {self.prior_segments} prior regions into the "
@@ -100,6 +110,19 @@ class RegionalPredictionDifferenceParams:
 def cost(params: RegionalPredictionDifferenceParams, size: tuple[int, int]) -> int:
     """Images sent to ``predict``: the original plus ``2^1 + … + 2^r`` exclusions."""
     return 1 + sum(2**j for j in range(1, params.scales + 1))
+
+
+def memory(
+    params: RegionalPredictionDifferenceParams, size: tuple[int, int], num_classes: int
+) -> Footprint:
+    """A chunk of perturbed images, the label map of every scale (kept for the maps), the
+    segmentation's working arrays, the noise of one region (at most the image), and the scores
+    of every exclusion."""
+    pixels = size[0] * size[1]
+    chunk = (CHUNK_IMAGES + 8) * image_bytes(size)
+    labels = 8 * pixels * (params.scales + 8)
+    scores = scores_bytes(cost(params, size), num_classes)
+    return Footprint(chunk + labels + scores, "regional_prediction_difference.scales")
 
 
 def region_noise(
@@ -216,6 +239,7 @@ def scale_maps(
     params=RegionalPredictionDifferenceParams,
     backend="blackbox",
     cost=cost,
+    memory=memory,
     signed=False,
 )
 def explain(

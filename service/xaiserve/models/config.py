@@ -6,6 +6,7 @@ Validated at load; every error names the file and the field, e.g.
 
 from __future__ import annotations
 
+import math
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +16,17 @@ from xaiserve.contracts.input import InputConfig
 
 CONFIG_FILE = "config.toml"
 MODEL_FILE = "model.onnx"
+
+MAX_SIDE = 8192
+"""Upper bound on ``input.height`` and ``input.width``."""
+
+MAX_INPUT_PIXELS = 2048 * 2048
+"""Upper bound on ``input.height × input.width`` (one float32 image is then 48 MiB; every
+method holds several, and the load check runs one through the network)."""
+
+MAX_LABELS = 100_000
+MAX_BATCH_SIZE = 4096
+MAX_QUEUE_DELAY_MS = 1000.0
 
 
 class ConfigError(ValueError):
@@ -105,11 +117,24 @@ def parse_config(raw: dict[str, Any], where: str) -> ModelConfig:
         mean=cast(Any, r.floats(inp, "input.mean", 3, (0.0, 0.0, 0.0))),
         std=std,
     )
+    for side in ("height", "width"):
+        if getattr(input_cfg, side) > MAX_SIDE:
+            r.fail(f"input.{side}", f"must be at most {MAX_SIDE}, not {getattr(input_cfg, side)}")
+    if input_cfg.height * input_cfg.width > MAX_INPUT_PIXELS:
+        r.fail(
+            "input.height",
+            f"× input.width is {input_cfg.height * input_cfg.width} pixels; the limit is "
+            f"{MAX_INPUT_PIXELS} (2048 × 2048)",
+        )
+    if not all(map(math.isfinite, (*input_cfg.value_range, *input_cfg.mean, *input_cfg.std))):
+        r.fail("input", "value_range, mean and std must be finite numbers")
     out = r.table("output", required=True)
     r.no_unknown(out, {"kind", "labels"}, "output.")
     labels: Any = out.get("labels")
     if not isinstance(labels, list) or not labels or not all(isinstance(x, str) for x in labels):
         r.fail("output.labels", "must be a non-empty list of strings")
+    if len(labels) > MAX_LABELS:
+        r.fail("output.labels", f"has {len(labels)} labels; the limit is {MAX_LABELS}")
     if len(set(labels)) != len(labels):
         r.fail("output.labels", "must not repeat a label")
     output_cfg = OutputConfig(
@@ -122,6 +147,10 @@ def parse_config(raw: dict[str, Any], where: str) -> ModelConfig:
         max_batch_size=r.positive_int(bat, "batching.max_batch_size", 32),
         max_queue_delay_ms=r.nonnegative_float(bat, "batching.max_queue_delay_ms", 2.0),
     )
+    if batching.max_batch_size > MAX_BATCH_SIZE:
+        r.fail("batching.max_batch_size", f"must be at most {MAX_BATCH_SIZE}")
+    if batching.max_queue_delay_ms > MAX_QUEUE_DELAY_MS:
+        r.fail("batching.max_queue_delay_ms", f"must be at most {MAX_QUEUE_DELAY_MS:g}")
     torch_cfg = None
     tor = r.table("torch", required=False)
     if tor:

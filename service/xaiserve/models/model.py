@@ -59,6 +59,7 @@ class Model:
         providers: list[str],
         input_name: str = "",
         torch_copies: int = 2,
+        torch_batch_bytes: int = 256 * 2**20,
     ) -> None:
         self.name = name
         self.version = version
@@ -69,6 +70,7 @@ class Model:
         self.providers = providers
         self.input_name = input_name
         self._torch_copies = torch_copies
+        self.torch_batch_bytes = torch_batch_bytes
         self._torch_pool: Any = None
         self._torch_lock = threading.Lock()
 
@@ -129,6 +131,11 @@ class Model:
                 f"model {self.name}/{self.version} output shape {raw.shape} does not match "
                 f"{self.num_classes} labels"
             )
+        if not np.isfinite(raw).all():
+            raise FailedPrecondition(
+                f"model {self.name!r} version {self.version!r} produced non-finite outputs "
+                "(NaN or infinity) for this input; its results cannot be trusted"
+            )
         if output == "probabilities" and self.output_kind == "logits":
             return softmax(raw)
         return raw
@@ -187,7 +194,10 @@ class Model:
                 from xaiserve.runtime.torch_backend import TorchModelPool
 
                 self._torch_pool = TorchModelPool(
-                    self.torch_module_factory(), self.preprocessing, copies=self.torch_copies
+                    self.torch_module_factory(),
+                    self.preprocessing,
+                    copies=self.torch_copies,
+                    batch_bytes=self.torch_batch_bytes,
                 )
             return self._torch_pool
 

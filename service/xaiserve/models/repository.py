@@ -28,6 +28,7 @@ from xaiserve.runtime.onnx_session import OnnxSession
 
 log = logging.getLogger(__name__)
 
+
 def version_key(version: str) -> tuple[int, int | str]:
     return (1, int(version)) if version.isdigit() else (0, version)
 
@@ -171,12 +172,16 @@ class ModelRepository:
         return entry.versions[version]
 
     def _build(self, name: str, version: str, folder: Path) -> Model:
+        for file_name in (CONFIG_FILE, MODEL_FILE):
+            self._inside(folder / file_name)
         config = load_config(folder / CONFIG_FILE)
         onnx_path = folder / MODEL_FILE
         if not onnx_path.is_file():
             raise FileNotFoundError(
                 f"{onnx_path}: file missing (every model version needs {MODEL_FILE})"
             )
+        if config.torch is not None:
+            self._inside(folder / config.torch.weights)
         sha = file_sha256(onnx_path)
         if config.sha256 and sha != config.sha256:
             raise ValueError(
@@ -208,6 +213,7 @@ class ModelRepository:
             providers=list(session.providers),
             input_name=session.input_name,
             torch_copies=self.settings.torch_copies,
+            torch_batch_bytes=self.settings.torch_batch_bytes,
         )
         try:
             _smoke_test(model)
@@ -215,6 +221,13 @@ class ModelRepository:
             model.close()
             raise
         return model
+
+    def _inside(self, path: Path) -> None:
+        """Refuse a file that is (or goes through) a symlink pointing outside the repository."""
+        if path.is_symlink() or path.exists():
+            target = path.resolve()
+            if self.root not in target.parents:
+                raise ValueError(f"{path} resolves to {target}, outside the repository {self.root}")
 
     def _update_ready_gauge(self) -> None:
         ready = sum(1 for e in self._models.values() for v in e.versions.values() if v.ready)
@@ -271,15 +284,29 @@ class ModelRepository:
 
 
 def _smoke_test(model: Model) -> None:
-    """One forward pass on a grey image: catches a config that does not fit the graph."""
+    """Real forward passes on a grey and a random image: catches a config that does not fit
+    the graph, and a model whose outputs are not finite numbers (NaN/inf would be served as
+    probabilities and turn every heatmap to zeros). The input is bounded by the config's
+    ``MAX_INPUT_PIXELS``."""
     h, w = model.input_size
-    grey = np.full((1, h, w, 3), 127.0, np.float32)
-    out = model.batcher.runner(to_network_input(grey, model.config.input))
-    if out.ndim != 2 or out.shape[1] != model.num_classes:
-        raise ValueError(
-            f"the graph outputs shape {list(out.shape)} but output.labels has {model.num_classes} "
-            "labels: they must match"
-        )
+    images = np.stack(
+        [
+            np.full((h, w, 3), 127.0, np.float32),
+            np.random.default_rng(0).uniform(0.0, 255.0, (h, w, 3)).astype(np.float32),
+        ]
+    )
+    for image in images:
+        out = np.asarray(model.batcher.runner(to_network_input(image[None], model.config.input)))
+        if out.ndim != 2 or out.shape[1] != model.num_classes:
+            raise ValueError(
+                f"the graph outputs shape {list(out.shape)} but output.labels has "
+                f"{model.num_classes} labels: they must match"
+            )
+        if not np.isfinite(out).all():
+            raise ValueError(
+                "the graph's outputs are not finite (NaN or infinity) on a test image: "
+                "the model cannot be served"
+            )
 
 
 def _stamp(folder: Path) -> tuple[tuple[int, int], ...]:

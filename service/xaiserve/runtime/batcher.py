@@ -36,6 +36,10 @@ class InferenceFailed(XaiserveError):
 class ImageBudget:
     """The shared bound on queued images (``max_queued_images``)."""
 
+    INTERACTIVE_RESERVE = 256
+    """Images an interactive request (Predict) may queue beyond ``capacity``, so that a queue
+    full of explanation work never refuses the cheap calls."""
+
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
         self._used = 0
@@ -45,9 +49,10 @@ class ImageBudget:
     def used(self) -> int:
         return self._used
 
-    def try_acquire(self, n: int) -> bool:
+    def try_acquire(self, n: int, interactive: bool = False) -> bool:
+        limit = self.capacity + (self.INTERACTIVE_RESERVE if interactive else 0)
         with self._cond:
-            if self._used + n > self.capacity and self._used > 0:
+            if self._used + n > limit and self._used > 0:
                 return False
             self._used += n
             return True
@@ -104,6 +109,7 @@ class DynamicBatcher:
         self._runtime = runtime
         self._metrics = metrics
         self._queue: deque[_Item] = deque()
+        self._urgent: deque[_Item] = deque()  # interactive requests' items go first
         self._pending = 0
         self._active = 0
         self._cond = threading.Condition()
@@ -121,7 +127,7 @@ class DynamicBatcher:
         if self._closed:
             raise Unavailable("the model is being unloaded; retry")
         if not ctx.has_queued_work:
-            if not self.budget.try_acquire(n):
+            if not self.budget.try_acquire(n, ctx.interactive):
                 self._metrics.rejected_total.labels(reason="queue_full").inc()
                 raise Overloaded(
                     f"server busy: {self.budget.used} images queued (max_queued_images="
@@ -134,7 +140,7 @@ class DynamicBatcher:
             self.budget.acquire(n, ctx)
         item = _Item(x=x, ctx=ctx, enqueued=time.monotonic())
         with self._cond:
-            self._queue.append(item)
+            (self._urgent if ctx.interactive else self._queue).append(item)
             self._pending += n
             self._metrics.queue_images.labels(**self._labels).set(self._pending)
             self._cond.notify()
@@ -156,7 +162,8 @@ class DynamicBatcher:
         A lone client never waits out ``max_queue_delay``; under concurrency the batch waits
         (at most that long) for the requests that are still preparing their images.
         """
-        return self._active > len({id(item.ctx) for item in self._queue})
+        waiting = {id(item.ctx) for item in self._queue} | {id(item.ctx) for item in self._urgent}
+        return self._active > len(waiting)
 
     def close(self, timeout: float | None = None) -> None:
         """Finish what is queued, then stop the worker."""
@@ -175,11 +182,11 @@ class DynamicBatcher:
 
     def _next_batch(self) -> list[tuple[_Item, int, int]] | None:
         with self._cond:
-            while not self._queue and not self._closed:
+            while not self._queue and not self._urgent and not self._closed:
                 self._cond.wait()
-            if not self._queue:
+            if not self._queue and not self._urgent:
                 return None
-            oldest = self._queue[0].enqueued
+            oldest = min(q[0].enqueued for q in (self._urgent, self._queue) if q)
             while (
                 self._pending < self.max_batch_size and not self._closed and self._others_may_join()
             ):
@@ -190,10 +197,11 @@ class DynamicBatcher:
             parts: list[tuple[_Item, int, int]] = []
             count = 0
             now = time.monotonic()
-            while self._queue and count < self.max_batch_size:
-                item = self._queue[0]
+            while (self._urgent or self._queue) and count < self.max_batch_size:
+                queue = self._urgent or self._queue
+                item = queue[0]
                 if item.future.done() or item.ctx.cancelled.is_set() or item.ctx.expired():
-                    self._queue.popleft()
+                    queue.popleft()
                     self._drop(item)
                     continue
                 take = min(len(item.x) - item.taken, self.max_batch_size - count)
@@ -205,7 +213,7 @@ class DynamicBatcher:
                 item.taken += take
                 count += take
                 if item.taken == len(item.x):
-                    self._queue.popleft()
+                    queue.popleft()
             self._pending -= count
             self._metrics.queue_images.labels(**self._labels).set(self._pending)
             return parts
@@ -216,7 +224,7 @@ class DynamicBatcher:
         self.budget.release(left)
         if item.future.done():
             return
-        reason = "cancelled" if item.ctx.cancelled.is_set() else "deadline"
+        reason = "deadline" if item.ctx.expired() else "cancelled"
         self._metrics.dropped_images_total.labels(**self._labels, reason=reason).inc(left)
         self._metrics.rejected_total.labels(reason=reason).inc()
         exc: XaiserveError = (

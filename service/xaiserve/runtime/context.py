@@ -26,6 +26,7 @@ class RequestContext:
     inference_seconds: float = 0.0
     queue_seconds: float = 0.0
     has_queued_work: bool = False
+    interactive: bool = False  # a cheap call (Predict): its images jump the batch queue
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def remaining(self) -> float | None:
@@ -35,11 +36,15 @@ class RequestContext:
         return self.deadline is not None and time.monotonic() >= self.deadline
 
     def check(self) -> None:
-        """Raise if the client cancelled or the deadline passed."""
-        if self.cancelled.is_set():
-            raise Cancelled("the request was cancelled")
+        """Raise if the deadline passed (DEADLINE_EXCEEDED) or the client cancelled.
+
+        The deadline is checked first: gRPC ends an expired RPC the same way as a cancelled
+        one (the ``cancelled`` event fires for both), and an expiry must not be reported as a
+        client cancel."""
         if self.expired():
             raise DeadlineExceeded("the request's deadline passed before its work finished")
+        if self.cancelled.is_set():
+            raise Cancelled("the request was cancelled")
 
     def record_batch(self, images: int, seconds: float, queued: float) -> None:
         with self._lock:

@@ -20,7 +20,9 @@ import contextlib
 import copy
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -48,10 +50,18 @@ def default_device() -> torch.device:
 class TorchLease:
     """One module copy lent to one holder; satisfies :class:`xaiserve.contracts.models.TorchBackend`."""
 
-    def __init__(self, module: nn.Module, device: torch.device, prep: Preprocessing) -> None:
+    def __init__(
+        self,
+        module: nn.Module,
+        device: torch.device,
+        prep: Preprocessing,
+        batch_bytes: int = 256 * 2**20,
+    ) -> None:
         self._module = module
         self._device = device
         self._prep = prep
+        self.batch_bytes = batch_bytes
+        """Memory budget of one batch through the module (methods size their batches by it)."""
         lo, hi = prep.value_range
         order = [0, 1, 2] if prep.channel_order == "RGB" else [2, 1, 0]
         self._order = torch.tensor(order, device=device)
@@ -140,6 +150,7 @@ class TorchModelPool:
         copies: int = 2,
         timeout: float = 30.0,
         device: torch.device | str | None = None,
+        batch_bytes: int = 256 * 2**20,
     ) -> None:
         if copies < 1:
             raise ValueError("the pool needs at least one module copy")
@@ -156,6 +167,7 @@ class TorchModelPool:
         self.preprocessing = preprocessing
         self.size = copies
         self.timeout = timeout
+        self.batch_bytes = batch_bytes
         self.device = torch.device(device) if device is not None else default_device()
         self._cond = threading.Condition()
         self._build_lock = threading.Lock()
@@ -184,28 +196,72 @@ class TorchModelPool:
         def can_go() -> bool:
             return bool(self._idle) or len(self._copies) + self._reserved < self.size
 
+        ctx = request_context.current()
+        give_up = time.monotonic() + timeout
         with self._cond:
-            if not self._cond.wait_for(can_go, timeout=timeout):
-                raise Overloaded(
-                    f"all {self.size} torch module copies are busy (waited {timeout:g} s)",
-                    reason="torch_pool_busy",
+            # Wake at least every 50 ms to honour the request's cancellation and deadline.
+            while not can_go():
+                ctx.check()
+                left = give_up - time.monotonic()
+                remaining = ctx.remaining()
+                if left <= 0:
+                    raise Overloaded(
+                        f"all {self.size} torch module copies are busy (waited {timeout:g} s)",
+                        reason="torch_pool_busy",
+                    )
+                wait = (
+                    min(0.05, left) if remaining is None else min(0.05, left, max(remaining, 0.0))
                 )
+                self._cond.wait(max(wait, 0.001))
             if self._idle:
                 return self._idle.pop()
             self._reserved += 1  # build a new copy, outside the lock
-        try:
-            module = self._build()
-        except BaseException:
+        return self._build_for(ctx)
+
+    def _build_for(self, ctx: request_context.RequestContext) -> nn.Module:
+        """Build a copy in a helper thread while the request waits for it, checking its
+        deadline and cancellation every 50 ms. Building (ONNX → torch, weights) can take
+        seconds; a request that gives up leaves the build running, and the finished copy joins
+        the idle ones for the next request."""
+        handoff: dict[str, Any] = {"waiting": True, "module": None, "error": None}
+        done = threading.Event()
+
+        def build() -> None:
+            try:
+                module = self._build()
+            except BaseException as exc:  # handed to the waiting request
+                with self._cond:
+                    self._reserved -= 1
+                    handoff["error"] = exc
+                    self._cond.notify()
+                done.set()
+                return
             with self._cond:
                 self._reserved -= 1
-                self._cond.notify()
-            raise
-        with self._cond:
-            self._reserved -= 1
-            self._copies.append(module)
-            if len(self._copies) == self.size:
-                self._template = None  # every copy exists; free the template
-        return module
+                self._copies.append(module)
+                if len(self._copies) == self.size:
+                    self._template = None  # every copy exists; free the template
+                if handoff["waiting"]:
+                    handoff["module"] = module
+                else:  # the request gave up: the copy waits for the next one
+                    self._idle.append(module)
+                    self._cond.notify()
+            done.set()
+
+        threading.Thread(target=build, name="torch-build", daemon=True).start()
+        while not done.wait(0.05):
+            try:
+                ctx.check()
+            except BaseException:
+                with self._cond:
+                    if handoff["module"] is None and handoff["error"] is None:
+                        handoff["waiting"] = False
+                        raise
+                break  # finished this instant: take it after all
+        done.wait()
+        if handoff["error"] is not None:
+            raise handoff["error"]
+        return handoff["module"]  # type: ignore[no-any-return]
 
     def _release(self, module: nn.Module) -> None:
         left = leftover_hooks(module)
@@ -219,19 +275,27 @@ class TorchModelPool:
 
     @contextlib.contextmanager
     def lease(self, timeout: float | None = None) -> Iterator[TorchLease]:
-        """Lend one module copy for the ``with`` block (exclusive to the holder)."""
+        """Lend one module copy for the ``with`` block (exclusive to the holder).
+
+        The wait for a free copy ends at ``timeout`` (default: the pool's), at the request's
+        deadline (DEADLINE_EXCEEDED) or when the client cancels, whichever comes first. While
+        the lease is held every forward pass through the module checks the request, so long
+        attributions stop within one batch of a deadline or a cancel."""
         module = self._acquire(self.timeout if timeout is None else timeout)
         counter = module.register_forward_pre_hook(_count_forward_passes)
         try:
-            yield TorchLease(module, self.device, self.preprocessing)
+            yield TorchLease(module, self.device, self.preprocessing, self.batch_bytes)
         finally:
             counter.remove()
             self._release(module)
 
 
 def _count_forward_passes(module: nn.Module, inputs: tuple[object, ...]) -> None:
-    """Count images through the network into the current request (``forward_passes``);
-    a backward pass rides on its forward pass and is not counted separately."""
+    """Count images through the network into the current request (``forward_passes``), and
+    stop the request here — between batches — once its deadline passed or its client left.
+    A backward pass rides on its forward pass and is not counted separately."""
+    ctx = request_context.current()
+    ctx.check()
     first = inputs[0] if inputs else None
     if isinstance(first, torch.Tensor) and first.dim() > 0:
-        request_context.current().record_batch(int(first.shape[0]), 0.0, 0.0)
+        ctx.record_batch(int(first.shape[0]), 0.0, 0.0)
