@@ -36,8 +36,8 @@ def main() -> None:
 
     from xaiserve.api.server import create_server
     from xaiserve.config import Settings
-    from xaiserve.v1 import explain_pb2 as pb
-    from xaiserve.v1 import explain_pb2_grpc as pb_grpc
+    from xaiserve_client.v1 import explain_pb2 as pb
+    from xaiserve_client.v1 import explain_pb2_grpc as pb_grpc
 
     settings = Settings(
         host="127.0.0.1",

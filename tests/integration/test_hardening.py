@@ -26,8 +26,8 @@ from onnx import helper, numpy_helper
 
 from tests.conftest import DEMO_MODEL_DIR, REPO_ROOT
 from tests.support import region_logit_model, write_model_folder
-from xaiserve.v1 import explain_pb2 as pb
-from xaiserve.v1 import explain_pb2_grpc as pb_grpc
+from xaiserve_client.v1 import explain_pb2 as pb
+from xaiserve_client.v1 import explain_pb2_grpc as pb_grpc
 
 SIZE = 64
 MEMORY_ALLOWANCE = 1536 * 2**20
