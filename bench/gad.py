@@ -2,9 +2,9 @@
 
 Usage::
 
-    PYTHONPATH=service:. python bench/gad.py            # 400 fitting images, 3 epochs, 10 images
-    PYTHONPATH=service:. python bench/gad.py --quick    # 100 fitting images, 2 epochs, 4 images
-    PYTHONPATH=service:. python bench/gad.py --table 100 --keep 0.5 0.2
+    .venv/bin/python bench/gad.py            # 400 fitting images, 3 epochs, 10 images
+    .venv/bin/python bench/gad.py --quick    # 100 fitting images, 2 epochs, 4 images
+    .venv/bin/python bench/gad.py --table 100 --keep 0.5 0.2
                                   # also RC/RS (Tables 1–2) on the first 100 held-out images
 
 Figures:
@@ -29,19 +29,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from bench._common import print_table
-from xaiserve.config import Settings
+from _common import MODELS, load_model, print_table
 from xaiserve.demo import shapes
 from xaiserve.jobs.gad_fitting import GadFitConfig, fit_support_set
 from xaiserve.methods.base import Target, get_method
 from xaiserve.methods.gad import GadParams, base_params, gad
 from xaiserve.models.model import Model
-from xaiserve.models.repository import ModelRepository
 from xaiserve.models.support_models import load_support_set
-from xaiserve.observability import Metrics
-from xaiserve.runtime.batcher import ImageBudget
 
-DEMO = Path(__file__).resolve().parents[1] / "models"
 BASES = (
     "saliency",
     "deconvolution",
@@ -65,13 +60,6 @@ class EpochClock:
 
     def check_cancelled(self) -> None:
         return None
-
-
-def load_model(root: Path) -> Model:
-    repo = ModelRepository(root, Settings(models_dir=str(root)), Metrics(), ImageBudget(100_000))
-    entry = repo.load_version("shapes", "1")
-    assert entry.model is not None, entry.error
-    return entry.model
 
 
 def bench_fit(model: Model, n: int, epochs: int, batch_sizes: list[int]) -> list[list[object]]:
@@ -152,8 +140,8 @@ def main() -> None:
     n, epochs, images, repeats = (100, 2, 4, 2) if args.quick else (400, 3, 10, 3)
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp) / "repo"
-        shutil.copytree(DEMO, root)
-        model = load_model(root)
+        shutil.copytree(MODELS, root)  # fitting writes support sets next to the model
+        model = load_model(root, "shapes")
         try:
             fit_rows = bench_fit(model, n, epochs, [8, 32] if args.quick else [8, 32, 128])
             print_table(

@@ -13,19 +13,23 @@ from __future__ import annotations
 import argparse
 import asyncio
 import re
-import sys
 import time
 import urllib.request
 from collections import Counter
-from pathlib import Path
 
-import numpy as np
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 import grpc
+import numpy as np
 import psutil
 
-from _common import REPO, ServerProcess, best_batch_time, free_port, ort_session, print_table
+from _common import (
+    DEMO,
+    MODELS,
+    ServerProcess,
+    best_batch_time,
+    free_port,
+    ort_session,
+    print_table,
+)
 from xaiserve_client.v1 import explain_pb2 as pb
 from xaiserve_client.v1 import explain_pb2_grpc as pb_grpc
 
@@ -240,7 +244,7 @@ def main() -> None:
     soak_total = 4000 if args.quick else 20000
     reqs = requests()
 
-    session = ort_session(REPO / "models/shapes/1/model.onnx")
+    session = ort_session(DEMO / "model.onnx")
     name = session.get_inputs()[0].name
     x1 = np.random.default_rng(0).standard_normal((1, 3, SIZE, SIZE)).astype(np.float32)
     t_best, n_best = best_batch_time(
@@ -249,7 +253,7 @@ def main() -> None:
     floor = 1.0 / t_best
 
     metrics_port = free_port()
-    server = ServerProcess(REPO / "models", XAISERVE_METRICS_PORT=str(metrics_port))
+    server = ServerProcess(MODELS, XAISERVE_METRICS_PORT=str(metrics_port))
     proc = psutil.Process(server.proc.pid)
     try:
         print_table(

@@ -22,11 +22,9 @@ Our time ÷ theirs on the same ResNet-18. Skipped with a message when quantus is
 
 Models: torchvision ``resnetXX(weights=None)`` after ``torch.manual_seed(0)``, exported at
 224×224, cached under ``$XAISERVE_BENCH_CACHE`` or ``~/.cache/xaiserve/bench``, loaded through
-the service's ``Model`` facade (``tests/support.py`` ``load_onnx_model``: repository,
-onnxruntime with spinning off, dynamic batcher) when it imports, else onnxruntime directly (with
-``session.intra_op.allow_spinning = 0``); the output says which.
+the service's ``Model`` facade (repository, onnxruntime with spinning off, dynamic batcher).
 
-Run: ``PYTHONPATH=service:. .venv/bin/python bench/morf.py [--quick] [--skip-quantus]``
+Run: ``.venv/bin/python bench/morf.py [--quick] [--skip-quantus]``
 """
 
 from __future__ import annotations
@@ -36,121 +34,30 @@ import os
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import argparse
-import sys
 import tempfile
 import threading
 import time
 import tracemalloc
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import numpy as np
 
+from _common import IMAGENET_MEAN, IMAGENET_STD, load_onnx, torchvision_module, torchvision_onnx
 from xaiserve.evaluation.morf import MorfParams, MorfResult, region_perturbation
 from xaiserve.methods.base import BlackBoxModel, OutputSpace
+from xaiserve.models.model import Model
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 SIZE = 224
 BATCH_SIZES = (1, 8, 16, 32)
 GOAL = 1.15
+VIA = "service Model facade (repository + batcher + onnxruntime)"
 
 
-def cache_dir() -> Path:
-    return Path(os.environ.get("XAISERVE_BENCH_CACHE", Path.home() / ".cache/xaiserve/bench"))
-
-
-def torch_resnet(arch: str) -> Any:
-    import torch
-    import torchvision
-
-    torch.manual_seed(0)
-    return getattr(torchvision.models, arch)(weights=None).eval()
-
-
-def resnet_onnx(arch: str) -> Path:
-    """Cached ONNX export of torchvision ``arch`` (weights=None, torch.manual_seed(0))."""
-    path = cache_dir() / f"{arch}-seed0-{SIZE}.onnx"
-    if not path.exists():
-        import torch
-
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        torch.onnx.export(
-            torch_resnet(arch),
-            (torch.zeros(1, 3, SIZE, SIZE),),
-            str(tmp),
-            dynamo=False,
-            opset_version=17,
-            input_names=["input"],
-            output_names=["logits"],
-            dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
-        )
-        tmp.rename(path)
-    return path
-
-
-class OrtModel:
-    """A minimal BlackBoxModel over onnxruntime (only when the service facade is absent)."""
-
-    def __init__(self, path: Path) -> None:
-        import onnxruntime as ort
-
-        options = ort.SessionOptions()
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        self.session = ort.InferenceSession(str(path), options, ["CPUExecutionProvider"])
-        self.input_name = self.session.get_inputs()[0].name
-        std = np.asarray(IMAGENET_STD, np.float32)
-        self._scale = (1.0 / 255.0 / std).astype(np.float32)
-        self._shift = (-np.asarray(IMAGENET_MEAN, np.float32) / std).astype(np.float32)
-
-    input_size = (SIZE, SIZE)
-    num_classes = 1000
-    output_kind: Literal["logits", "probabilities"] = "logits"
-
-    def predict(
-        self, images: np.ndarray | Iterable[np.ndarray], output: OutputSpace = "probabilities"
-    ) -> np.ndarray:
-        chunks = [images] if isinstance(images, np.ndarray) else images
-        rows = []
-        for chunk in chunks:
-            for start in range(0, len(chunk), 32):
-                x = (chunk[start : start + 32] * self._scale + self._shift).transpose(0, 3, 1, 2)
-                x = np.ascontiguousarray(x)
-                rows.append(self.session.run(None, {self.input_name: x})[0])
-        z = np.concatenate(rows).astype(np.float32)
-        if output == "raw":
-            return z
-        e = np.exp(z - z.max(axis=1, keepdims=True))
-        return e / e.sum(axis=1, keepdims=True)
-
-    def close(self) -> None:
-        pass
-
-
-def load_model(arch: str, workdir: Path) -> tuple[BlackBoxModel, str]:
-    path = resnet_onnx(arch)
-    try:
-        import onnx
-
-        sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root: tests/
-        from tests.support import load_onnx_model
-    except ImportError as exc:
-        return OrtModel(path), f"onnxruntime directly (facade unavailable: {exc})"
-    model = load_onnx_model(
-        onnx.load(str(path)),
-        workdir / arch,
-        height=SIZE,
-        width=SIZE,
-        labels=[f"c{i}" for i in range(1000)],
-        mean=IMAGENET_MEAN,
-        std=IMAGENET_STD,
-        value_range=(0.0, 1.0),
-        max_batch_size=32,
-        name=arch,
-    )
-    return model, "service Model facade (tests/support.load_onnx_model: repository + batcher)"
+def load(arch: str, workdir: Path) -> Model:
+    """``arch`` through the service's ``Model`` facade (repository, batcher, onnxruntime)."""
+    return load_onnx(workdir, arch, torchvision_onnx(arch, SIZE), SIZE)
 
 
 def test_image() -> tuple[np.ndarray, np.ndarray]:
@@ -269,7 +176,7 @@ def quantus_seconds(
             mean, std = self.get_buffer("mean"), self.get_buffer("std")
             return self.net((x - mean) / std)  # type: ignore[no-any-return]
 
-    net = Scaled(torch_resnet(arch)).eval()
+    net = Scaled(torchvision_module(arch)).eval()
     metric = quantus.RegionPerturbation(
         patch_size=9,
         order="morf",
@@ -320,8 +227,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         )
         print(f"# MoRF benchmark ({'quick' if args.quick else 'full'})")
         if "ratio" in sections:
-            model, how = load_model(args.arch, Path(tmp))
-            print(f"## Ratio: {args.arch}, {how}")
+            model = load(args.arch, Path(tmp))
+            print(f"## Ratio: {args.arch}, {VIA}")
             target = int(np.argmax(model.predict(image[None])[0]))
             before = best_per_image(model, image, reps)
             paper_passes = repeats * (steps + 1)
@@ -380,14 +287,12 @@ def main(argv: Sequence[str] | None = None) -> None:
                 f"random {result_all.aopc_random:.4f}, f(x) = {result_all.morf_curve[0]:.4f}",
                 flush=True,
             )
-            close = getattr(model, "close", None)
-            if close:
-                close()
+            model.close()
 
-        mem_model, how_mem = load_model(args.memory_arch, Path(tmp))
+        mem_model = load(args.memory_arch, Path(tmp))
         target = int(np.argmax(mem_model.predict(image[None])[0]))
         if "memory" in sections:
-            print(f"\n## Memory ({args.memory_arch}, MoRF only, L={steps}; {how_mem})")
+            print(f"\n## Memory ({args.memory_arch}, MoRF only, L={steps}; {VIA})")
             print("| repeats | forward passes | tracemalloc peak MiB | RSS peak − start MiB |")
             print("|---:|---:|---:|---:|")
             # Warm up at the largest batch so onnxruntime's arena has grown before measuring.
@@ -417,9 +322,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                     f"ours ÷ theirs = **{ours_wall / q_wall:.3f}** wall, "
                     f"**{ours_cpu / q_cpu:.3f}** CPU"
                 )
-        close = getattr(mem_model, "close", None)
-        if close:
-            close()
+        mem_model.close()
 
 
 if __name__ == "__main__":

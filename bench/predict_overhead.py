@@ -9,16 +9,15 @@ Both ratios come from the same run. ``--quick`` uses the demo model only.
 from __future__ import annotations
 
 import argparse
-import sys
 import threading
 import time
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (
-    REPO,
+    DEMO,
+    MODELS,
     ServerProcess,
     best_batch_time,
     median_time,
@@ -103,9 +102,9 @@ def main() -> None:
     rows = [
         measure(
             "demo shapes 64×64",
-            REPO / "models",
+            MODELS,
             "shapes",
-            REPO / "models/shapes/1/model.onnx",
+            DEMO / "model.onnx",
             64,
             seconds,
         )

@@ -20,14 +20,13 @@ stride 1; the ResNet-50 at 224×224 runs the first ``--pixelwise-windows`` patch
 grid and extrapolates to stride 8 (28² patches) and stride 1 (215² patches); ``--pixelwise-full``
 runs stride 8 in full. Zintgraf et al. report 70 minutes on a GPU (VGG, 256×256, stride 1).
 
-Models: the shapes demo (``models/shapes/1``, loaded through the service's repository) on
-held-out images, and a ResNet-50 (torchvision ``resnet50(weights=None)`` after
-``torch.manual_seed(0)``, exported at 224×224, cached under ``$XAISERVE_BENCH_CACHE`` or
-``~/.cache/xaiserve/bench``) on scikit-image's photographs resized to 224×224. Models run
-through the service's ``Model`` facade (repository, onnxruntime with spinning off, dynamic
-batcher) when ``xaiserve.models`` imports, else onnxruntime directly; the table says which.
+Models: the shapes demo (``models/shapes/1``) on held-out images, and a ResNet-50
+(torchvision ``resnet50(weights=None)`` after ``torch.manual_seed(0)``, exported at 224×224,
+cached under ``$XAISERVE_BENCH_CACHE`` or ``~/.cache/xaiserve/bench``) on scikit-image's
+photographs resized to 224×224. Both run through the service's ``Model`` facade (repository,
+onnxruntime with spinning off, dynamic batcher).
 
-Run: ``PYTHONPATH=service:. .venv/bin/python bench/prediction_difference.py [--models demo,resnet50]``
+Run: ``.venv/bin/python bench/prediction_difference.py [--quick] [--models demo,resnet50]``
 """
 
 from __future__ import annotations
@@ -38,16 +37,28 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import argparse
 import functools
-import shutil
 import statistics
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 
+from _common import (
+    DEMO,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    MODELS,
+    best_batch_time,
+    best_time,
+    load_model,
+    load_onnx,
+    natural_images,
+    torchvision_module,
+    torchvision_onnx,
+)
 from xaiserve.demo import shapes
 from xaiserve.imaging.exact_regions import (
     PRIOR_REGIONS,
@@ -57,179 +68,21 @@ from xaiserve.imaging.exact_regions import (
 from xaiserve.imaging.segmentation import SegmentationParams, superpixels
 from xaiserve.methods import pixelwise_prediction_difference as pixelwise
 from xaiserve.methods import regional_prediction_difference as regional
-from xaiserve.methods.base import BlackBoxModel, OutputSpace, Target, chunked
+from xaiserve.methods.base import BlackBoxModel, Target, chunked
+from xaiserve.models.model import Model
 
-ROOT = Path(__file__).resolve().parents[1]
-DEMO = ROOT / "models" / "shapes" / "1"
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 BATCH_SIZES = (1, 4, 16, 32)
 SCALES = (2, 4, 8, 16, 32)
 PAPER_MINUTES = 70.0
 
 
-def cache_dir() -> Path:
-    return Path(os.environ.get("XAISERVE_BENCH_CACHE", Path.home() / ".cache/xaiserve/bench"))
+def load_demo() -> Model:
+    return load_model(MODELS, "shapes")
 
 
-def resnet50_onnx() -> Path:
-    """The cached ONNX export of torchvision resnet50 (weights=None, torch.manual_seed(0))."""
-    path = cache_dir() / "resnet50-seed0-224.onnx"
-    if not path.exists():
-        import torch
-
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        torch.onnx.export(
-            resnet50_torch(),
-            (torch.zeros(1, 3, 224, 224),),
-            str(tmp),
-            dynamo=False,
-            opset_version=17,
-            input_names=["input"],
-            output_names=["logits"],
-            dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
-        )
-        tmp.rename(path)
-    return path
-
-
-def resnet50_torch() -> Any:
-    import torch
-    import torchvision
-
-    torch.manual_seed(0)
-    return torchvision.models.resnet50(weights=None).eval()
-
-
-class OrtModel:
-    """A minimal BlackBoxModel over onnxruntime (used only when the facade is absent)."""
-
-    def __init__(
-        self,
-        path: Path,
-        size: int,
-        mean: Sequence[float],
-        std: Sequence[float],
-        value_range: Sequence[float],
-    ) -> None:
-        import onnxruntime as ort
-
-        options = ort.SessionOptions()
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        self.session = ort.InferenceSession(str(path), options, ["CPUExecutionProvider"])
-        self.input_name = self.session.get_inputs()[0].name
-        self.size = size
-        lo, hi = value_range
-        std_a = np.asarray(std, np.float32)
-        self._scale = ((hi - lo) / 255.0 / std_a).astype(np.float32)
-        self._shift = ((lo - np.asarray(mean, np.float32)) / std_a).astype(np.float32)
-        self._classes = int(self.session.get_outputs()[0].shape[1])
-
-    @property
-    def input_size(self) -> tuple[int, int]:
-        return (self.size, self.size)
-
-    @property
-    def num_classes(self) -> int:
-        return self._classes
-
-    @property
-    def output_kind(self) -> Literal["logits", "probabilities"]:
-        return "logits"
-
-    def predict(
-        self, images: np.ndarray | Iterable[np.ndarray], output: OutputSpace = "probabilities"
-    ) -> np.ndarray:
-        chunks = [images] if isinstance(images, np.ndarray) else images
-        rows = []
-        for chunk in chunks:
-            x = (chunk * self._scale + self._shift).transpose(0, 3, 1, 2)
-            rows.append(self.session.run(None, {self.input_name: np.ascontiguousarray(x)})[0])
-        z = np.concatenate(rows).astype(np.float32)
-        if output == "raw":
-            return z
-        e = np.exp(z - z.max(axis=1, keepdims=True))
-        return (e / e.sum(axis=1, keepdims=True)).astype(np.float32)
-
-
-def load_facade(root: Path, name: str) -> BlackBoxModel | None:
-    """``root/name/1`` through the service's repository, or None without ``xaiserve.models``."""
-    try:
-        from xaiserve.config import Settings
-        from xaiserve.models import ModelRepository
-        from xaiserve.observability import Metrics
-        from xaiserve.runtime.batcher import ImageBudget
-    except ImportError:
-        return None
-    repo = ModelRepository(root, Settings(models_dir=str(root)), Metrics(), ImageBudget(100_000))
-    entry = repo.load_version(name, "1")
-    if entry.model is None:
-        raise RuntimeError(f"{name} failed to load: {entry.error}")
-    return entry.model  # type: ignore[no-any-return]
-
-
-def load_demo() -> tuple[BlackBoxModel, str]:
-    model = load_facade(DEMO.parent.parent, "shapes")
-    if model is not None:
-        return model, "service facade"
-    import tomllib
-
-    inp = tomllib.loads((DEMO / "config.toml").read_text("utf-8"))["input"]
-    return OrtModel(DEMO / "model.onnx", 64, inp["mean"], inp["std"], inp["value_range"]), "ort"
-
-
-def load_resnet50() -> tuple[BlackBoxModel, str]:
-    onnx_path = resnet50_onnx()
-    root = Path(tempfile.mkdtemp(prefix="bench-pd-"))
-    folder = root / "resnet50" / "1"
-    folder.mkdir(parents=True)
-    try:  # a hard link, not a symlink: the repository confines model files to its root
-        os.link(onnx_path, folder / "model.onnx")
-    except OSError:
-        shutil.copyfile(onnx_path, folder / "model.onnx")
-    labels = ", ".join(f'"c{i}"' for i in range(1000))
-    (folder / "config.toml").write_text(
-        '[input]\nheight = 224\nwidth = 224\nlayout = "NCHW"\nvalue_range = [0.0, 1.0]\n'
-        f"mean = {list(IMAGENET_MEAN)}\nstd = {list(IMAGENET_STD)}\n"
-        f'[output]\nkind = "logits"\nlabels = [{labels}]\n'
-        "[batching]\nmax_batch_size = 32\nmax_queue_delay_ms = 1.0\n",
-        encoding="utf-8",
-    )
-    model = load_facade(root, "resnet50")
-    if model is not None:
-        return model, "service facade"
-    return OrtModel(onnx_path, 224, IMAGENET_MEAN, IMAGENET_STD, (0.0, 1.0)), "ort"
-
-
-def natural_images(n: int, size: int) -> np.ndarray:
-    """scikit-image's bundled photographs, resized to ``size``×``size`` (0..255)."""
-    from skimage import data
-    from skimage.transform import resize
-
-    names = ("astronaut", "coffee", "chelsea", "rocket")[:n]
-    return np.stack(
-        [255.0 * resize(getattr(data, nm)(), (size, size), anti_aliasing=True) for nm in names]
-    ).astype(np.float32)
-
-
-def best_time(fn: Callable[[], object], repeats: int) -> float:
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - start)
-    return best
-
-
-def per_image_floor(model: BlackBoxModel, image: np.ndarray, repeats: int) -> tuple[float, int]:
-    """Best seconds per image over the batch sizes, and the batch size achieving it."""
-    times = {}
-    for b in BATCH_SIZES:
-        batch = np.repeat(image[None], b, axis=0)
-        times[b] = best_time(functools.partial(model.predict, batch), repeats) / b
-    b = min(times, key=lambda k: times[k])
-    return times[b], b
+def load_resnet50() -> Model:
+    workdir = Path(tempfile.mkdtemp(prefix="bench-pd-"))
+    return load_onnx(workdir, "resnet50", torchvision_onnx("resnet50"), 224, delay_ms=1.0)
 
 
 def exact_segmentation(image: np.ndarray, params: SegmentationParams) -> None:
@@ -265,7 +118,7 @@ def torch_forward(name: str, model: BlackBoxModel) -> tuple[Callable[[Any], Any]
 
     torch.set_num_threads(os.cpu_count() or 1)
     if name == "resnet50":
-        net = resnet50_torch()
+        net = torchvision_module("resnet50")
         mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
         std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
 
@@ -294,7 +147,7 @@ def bench_regional(
     passes = regional.cost(params, model.input_size)
     first = images[0]
     regional.explain(model, first, Target(0), params)  # warm-up
-    per_image, batch = per_image_floor(model, first, repeats)
+    per_image, batch = best_batch_time(model.predict, first[None], BATCH_SIZES, repeats, best_time)
     rows: list[dict[str, Any]] = []
     for x in images:
         target = Target(int(np.argmax(model.predict(x[None])[0])))
@@ -403,16 +256,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.quick:
         args.models, args.no_captum = "demo", True
-    results: dict[str, tuple[str, dict[str, Any], dict[str, Any] | None]] = {}
+    results: dict[str, tuple[dict[str, Any], dict[str, Any] | None]] = {}
     for name in args.models.split(","):
         if name == "demo":
             if not (DEMO / "model.onnx").exists():
                 print(f"demo model skipped: {DEMO / 'model.onnx'} not found")
                 continue
-            model, via = load_demo()
+            model = load_demo()
             images = shapes.heldout(args.images).images.astype(np.float32)
         else:
-            model, via = load_resnet50()
+            model = load_resnet50()
             images = natural_images(args.images, 224)
         print(f"[{name}] regional …", flush=True)
         reg = bench_regional(name, model, images, args.repeats, not args.no_captum)
@@ -424,27 +277,25 @@ def main(argv: Sequence[str] | None = None) -> int:
             if name == "demo" and args.demo_stride1:
                 pix["stride1_s"] = bench_pixelwise_stride1(model, images[0])
                 pix["stride1_measured"] = True
-        results[name] = (via, reg, pix)
-        close = getattr(model, "close", None)
-        if close is not None:
-            close()
+        results[name] = (reg, pix)
+        model.close()
 
     print("\nRegional PD (Algorithm 3, r = 5: 63 forward passes), medians over images")
     print(
-        "| model | via | fwd ms/img (batch) | 63 passes s | segmentation s: plain SLIC ×6 "
+        "| model | fwd ms/img (batch) | 63 passes s | segmentation s: plain SLIC ×6 "
         "/ exact ×6 + prior | floor s | wall s | ratio (median, worst) |"
     )
-    print("|---|---|---|---|---|---|---|---|")
-    for name, (via, r, _) in results.items():
+    print("|---|---|---|---|---|---|---|")
+    for name, (r, _) in results.items():
         print(
-            f"| {name} | {via} | {r['fwd_ms']:.2f} ({r['batch']}) | {r['fwd63_s']:.3f} "
+            f"| {name} | {r['fwd_ms']:.2f} ({r['batch']}) | {r['fwd63_s']:.3f} "
             f"| {r['slic']:.3f} / {r['seg']:.3f} | {r['floor']:.3f} | {r['wall']:.3f} "
             f"| {r['ratio']:.2f}, {r['worst']:.2f} |"
         )
     print("\nAgainst Captum FeatureAblation (same exact superpixel masks, 5 scales, PyTorch)")
     print("| model | ours s | Captum s (ppe=1) | Captum s (ppe=16) | ours ÷ Captum (best) |")
     print("|---|---|---|---|---|")
-    for name, (_, r, _) in results.items():
+    for name, (r, _) in results.items():
         if "captum_s" in r:
             c = r["captum_s"]
             print(
@@ -456,7 +307,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print("\nPixel-wise PD (Algorithm 2, k=10, l=14, r=10), one image")
     print("| model | patches stride 8 / 1 | stride 8 s | stride 1 s | stride 1 ÷ paper's 70 min |")
     print("|---|---|---|---|---|")
-    for name, (_, _, p) in results.items():
+    for name, (_, p) in results.items():
         if p is None:
             continue
         s8 = f"{p['stride8_s']:.1f}" + (

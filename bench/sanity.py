@@ -44,17 +44,13 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import xaiserve.methods.catalog  # noqa: F401 - registers every method
-from _common import REPO, model_repo, print_table, torchvision_onnx
-from xaiserve.config import Settings
+from _common import REPO, load_model, model_repo, print_table, torchvision_onnx
 from xaiserve.methods.base import Target, registered_methods
 from xaiserve.models.model import Model
 from xaiserve.models.randomised_variants import (
     randomisation_test,
     randomised_variants,
 )
-from xaiserve.models.repository import ModelRepository
-from xaiserve.observability import Metrics
-from xaiserve.runtime.batcher import ImageBudget
 
 GOAL = 1.15
 # The methods of Adebayo et al. Fig. 2 that xaiserve serves, and their parameters.
@@ -66,14 +62,6 @@ PAPER_METHODS: list[tuple[str, str, dict[str, Any]]] = [
     ("LRP_CMP", "lrp", {"composite": "lrp_cmp_alpha1beta0"}),
     ("guided backprop", "guided_backprop", {}),
 ]
-
-
-def load(root: Path, name: str, version: str = "1") -> Model:
-    repo = ModelRepository(root, Settings(models_dir=str(root)), Metrics(), ImageBudget(100_000))
-    entry = repo.load_version(name, version)
-    if entry.model is None:
-        raise SystemExit(f"{name} did not load: {entry.error}")
-    return entry.model
 
 
 def params_for(method: str, overrides: dict[str, Any]) -> Any:
@@ -172,7 +160,7 @@ def main() -> int:
     ]
     rows: list[list[object]] = []
     curves = []
-    demo = load(REPO / "models", "shapes")
+    demo = load_model(REPO / "models", "shapes")
     image = demo_images(1)[0]
     demo_methods = [*PAPER_METHODS, ("regional PD", "regional_prediction_difference", {})]
     for label, method, overrides in demo_methods:
@@ -200,7 +188,7 @@ def main() -> int:
         ]
         stops = 10
     onnx_path = torchvision_onnx("resnet50")
-    resnet = load(model_repo("resnet50", onnx_path, 224, 1000), "resnet50")
+    resnet = load_model(model_repo("resnet50", onnx_path, 224, 1000), "resnet50")
     r_image = smooth_image(224)
     for label, method, overrides in resnet_runs:
         row, _ = time_method(

@@ -2,8 +2,8 @@
 
 Usage::
 
-    PYTHONPATH=service:. python bench/whitebox.py            # resnet50 and vgg16 at 224×224 (≈10–15 min on 2 cores)
-    PYTHONPATH=service:. python bench/whitebox.py --quick    # resnet18 only
+    .venv/bin/python bench/whitebox.py            # resnet50 and vgg16 at 224×224 (≈10–15 min on 2 cores)
+    .venv/bin/python bench/whitebox.py --quick    # resnet18 only
 
 Every figure is a ratio to a reference timed in the same run, interleaved with it, best of
 ``--repeats`` runs each, in process CPU seconds by default (``--clock wall`` for wall time; the
@@ -25,10 +25,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import io
 import json
 import time
-import warnings
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
@@ -37,30 +35,22 @@ from typing import Any
 import numpy as np
 import onnx
 import torch
-import torchvision
 from torch import nn
 from zennit.attribution import Gradient
 from zennit.composites import EpsilonAlpha2Beta1Flat, EpsilonPlusFlat
 from zennit.torchvision import ResNetCanonizer, VGGCanonizer
 
+from _common import DEMO, IMAGENET_MEAN, IMAGENET_STD, export_onnx, torchvision_module
 from xaiserve.methods.base import Target, get_method
 from xaiserve.methods.gradients import IntegratedGradientsParams
 from xaiserve.methods.lrp import LrpParams, lrp_attribute
 from xaiserve.runtime.torch_backend import TorchLease, TorchModelPool
 
-MEAN = (0.485, 0.456, 0.406)
-STD = (0.229, 0.224, 0.225)
 SIZE = 224
 COMPOSITES = {
     "epsilon_plus_flat": EpsilonPlusFlat,
     "epsilon_alpha2beta1_flat": EpsilonAlpha2Beta1Flat,
 }
-
-
-def build(arch: str) -> nn.Module:
-    torch.manual_seed(0)
-    module: nn.Module = getattr(torchvision.models, arch)(weights=None)
-    return module.eval()
 
 
 def canonizer(arch: str) -> Any:
@@ -105,19 +95,6 @@ def interleaved(
     return min(ta), min(tb)
 
 
-def export_onnx(module: nn.Module) -> bytes:
-    buf = io.BytesIO()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            module, (torch.zeros(1, 3, SIZE, SIZE),), buf,  # type: ignore[arg-type]
-            dynamo=False, opset_version=17,
-            input_names=["input"], output_names=["logits"],
-            dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
-        )  # fmt: skip
-    return buf.getvalue()
-
-
 def zennit_direct(module: nn.Module, arch: str, composite: Any, x: torch.Tensor, t: int) -> None:
     def one_hot_logit(out: torch.Tensor) -> torch.Tensor:
         init = torch.zeros_like(out)
@@ -138,11 +115,17 @@ def bench_model(arch: str, repeats: int, with_converter: bool) -> list[dict[str,
     rows: list[dict[str, Any]] = []
     rng = np.random.default_rng(0)
     images = rng.uniform(0, 255, (8, SIZE, SIZE, 3)).astype(np.float32)
-    original = build(arch)
+    original: nn.Module = torchvision_module(arch)
     for p in original.parameters():  # as in the pool: gradients w.r.t. the input only
         p.requires_grad_(False)
     # two copies: the benchmark holds one for the references while a method leases the other
-    pool = TorchModelPool(partial(build, arch), mean=MEAN, std=STD, value_range=(0, 1), copies=2)
+    pool = TorchModelPool(
+        partial(torchvision_module, arch),
+        mean=IMAGENET_MEAN,
+        std=IMAGENET_STD,
+        value_range=(0, 1),
+        copies=2,
+    )
     model = PoolModel(pool)
     lrp = get_method("lrp").explain
     ig = get_method("integrated_gradients").explain
@@ -204,7 +187,7 @@ def bench_model(arch: str, repeats: int, with_converter: bool) -> list[dict[str,
         from xaiserve.runtime.onnx_to_torch import convert_onnx
 
         t0 = time.perf_counter()
-        data = export_onnx(original)
+        data = export_onnx(original, SIZE)
         t_export = time.perf_counter() - t0
         t0 = time.perf_counter()
         converted = convert_onnx(onnx.load_from_string(data))
@@ -220,7 +203,7 @@ def bench_model(arch: str, repeats: int, with_converter: bool) -> list[dict[str,
         del converted
         cpool = TorchModelPool(
             lambda: convert_onnx(onnx.load_from_string(data)),
-            mean=MEAN, std=STD, value_range=(0, 1), copies=1,
+            mean=IMAGENET_MEAN, std=IMAGENET_STD, value_range=(0, 1), copies=1,
         )  # fmt: skip
         cmodel = PoolModel(cpool)
         lrp(cmodel, images[0], Target(1), LrpParams())  # warm-up
@@ -242,7 +225,7 @@ def demo_mu_table(n: int) -> str:
     from xaiserve.methods.lrp_composites import COMPOSITES as NAMED
     from xaiserve.runtime.onnx_to_torch import convert_onnx
 
-    folder = Path(__file__).resolve().parents[1] / "models" / "shapes" / "1"
+    folder = DEMO
     with open(folder / "config.toml", "rb") as fh:
         spec = tomllib.load(fh)["input"]
     pool = TorchModelPool(
