@@ -6,8 +6,9 @@ For each photograph (scikit-image's, resized to 224²) and each count Algorithm 
 ``skimage.segmentation.slic`` (the service's CPU path): adjusted Rand index, share of pixels
 with the same label, region counts, and both times (CUDA synchronised, best of ``--repeats``).
 
-Without CUDA the same tensor code runs on torch's CPU tensors (float64) on a 64² crop: that
-checks agreement only (the CPU torch path is not meant to be fast), and the table says so.
+Without CUDA the same tensor code runs on torch's CPU tensors in float32 (CUDA's precision) on
+64² images: that checks agreement only (the CPU torch path is not meant to be fast), and the
+table says so.
 ``check(...)`` is what ``bench/gpu.py`` calls on a GPU machine.
 
 Run: ``.venv/bin/python bench/segmentation_device.py [--quick]``
@@ -77,7 +78,9 @@ def check(
         for image in images:
             tc, want = _best(functools.partial(superpixels, image, params), repeats, lambda: None)
             td, got = _best(
-                functools.partial(gpu_slic.superpixels, image, params, device), repeats, sync
+                functools.partial(gpu_slic.superpixels, image, params, device, "float32"),
+                repeats,
+                sync,
             )
             ari.append(adjusted_rand_score(want.ravel(), got.ravel()))
             same.append(float((want == got).mean()))

@@ -72,22 +72,33 @@ def unavailable_reason() -> str | None:
     return None
 
 
-def superpixels(image: np.ndarray, params: SegmentationParams, device: str = "cuda") -> np.ndarray:
+def superpixels(
+    image: np.ndarray, params: SegmentationParams, device: str = "cuda", precision: str = ""
+) -> np.ndarray:
     """SLIC labels of ``image`` ``(H, W, 3)`` on 0..255, contiguous from 0 (int32)."""
     if params.algorithm != "slic":
         raise ValueError("only SLIC runs on the GPU")
-    return relabel_contiguous(slic(image, params, device))
+    return relabel_contiguous(slic(image, params, device, precision))
 
 
-def slic(image: np.ndarray, params: SegmentationParams, device: str = "cuda") -> np.ndarray:
+def slic(
+    image: np.ndarray, params: SegmentationParams, device: str = "cuda", precision: str = ""
+) -> np.ndarray:
     """scikit-image's ``slic(image, n_segments, compactness, sigma, slic_zero,
-    start_label=0, channel_axis=-1)`` computed with torch on ``device`` (module docstring)."""
+    start_label=0, channel_axis=-1)`` computed with torch on ``device`` (module docstring).
+
+    ``precision`` is ``float32`` or ``float64``; empty means float32 on CUDA (what the service
+    uses) and float64 elsewhere (scikit-image's own precision).
+    """
     import torch
     from skimage.segmentation._slic import _enforce_label_connectivity_cython
     from skimage.util import regular_grid
 
     dev = torch.device(device)
-    dtype = torch.float32 if dev.type == "cuda" else torch.float64
+    if precision not in ("", "float32", "float64"):
+        raise ValueError(f"precision {precision!r}: choose float32 or float64")
+    chosen = precision or ("float32" if dev.type == "cuda" else "float64")
+    dtype = torch.float32 if chosen == "float32" else torch.float64
     h, w = image.shape[:2]
     rgb = np.clip(np.asarray(image, dtype=np.float64), 0.0, 255.0) / 255.0
     x = torch.as_tensor(rgb, device=dev).to(dtype)
