@@ -44,7 +44,7 @@ from xaiserve.imaging.segmenter import (
     Ticket,
     shared_segmenter,
 )
-from xaiserve.methods.base import BlackBoxModel, Explanation, Target, chunked, register_method
+from xaiserve.methods.base import BlackBoxModel, Explanation, Target, register_method
 from xaiserve.methods.prediction_difference import (
     DEFAULT_LAPLACE_TRAIN_SIZE,
     Evidence,
@@ -178,14 +178,19 @@ def _segment(image: np.ndarray, params: RegionalPredictionDifferenceParams) -> _
     return _Segmentation(prior, scales, seg.nested)
 
 
-def _perturbations(
+def _chunks(
     image: np.ndarray,
     params: RegionalPredictionDifferenceParams,
     segmentation: _Segmentation,
     state: _Stream,
 ) -> Iterator[np.ndarray]:
-    """Yield the original image, then the exclusion of every region of every scale."""
-    yield image
+    """The original image, then the exclusion of every region of every scale, in that order.
+
+    Chunks end at scale boundaries (and hold at most ``CHUNK_IMAGES``): the original goes to
+    the model before any segmentation is waited for, and each scale's exclusions go as soon as
+    that scale's labels are ready, while the segmenter works on the next scale.
+    """
+    yield image[None]
     state.prior = segmentation.prior.result()
     mu = state.prior.mu
     sigma = float(np.sqrt(params.sigma_squared))
@@ -196,11 +201,15 @@ def _perturbations(
         flat = labels.ravel()
         order = np.argsort(flat, kind="stable")  # row-major pixel order within each region
         bounds = np.searchsorted(flat[order], np.arange(2**j + 1))
-        for i in range(2**j):
-            pixels = order[bounds[i] : bounds[i + 1]]
-            excluded = flat_image.copy()
-            excluded[pixels] = region_noise(params.seed, j, i, len(pixels), mu, sigma)
-            yield excluded.reshape(image.shape)
+        for start in range(0, 2**j, CHUNK_IMAGES):
+            regions = range(start, min(2**j, start + CHUNK_IMAGES))
+            chunk = np.empty((len(regions), *image.shape), dtype=image.dtype)
+            for row, i in enumerate(regions):
+                pixels = order[bounds[i] : bounds[i + 1]]
+                excluded = chunk[row].reshape(-1, 3)
+                excluded[:] = flat_image
+                excluded[pixels] = region_noise(params.seed, j, i, len(pixels), mu, sigma)
+            yield chunk
 
 
 def scale_maps(
@@ -267,7 +276,7 @@ def explain(
     segmentation = _segment(image, params)
     try:
         probabilities = model.predict(
-            chunked(_perturbations(image, params, segmentation, state), CHUNK_IMAGES),
+            _chunks(image, params, segmentation, state),
             output="probabilities",
         )
     finally:
