@@ -9,7 +9,7 @@ LOCK ?= requirements/cpu.txt
 UV_COMPILE := $(VENV)/bin/uv pip compile --quiet --universal --python-version 3.11 \
 	--no-emit-package xaiserve --no-emit-package xaiserve-client --custom-compile-command "make lock"
 
-.PHONY: help venv demo test test-fast lint proto lock wheels bench serve clean
+.PHONY: help venv oip-server demo test test-fast lint proto lock wheels bench serve clean
 
 help:
 	@echo "make demo   - set up, start the server on the bundled model, explain through the SDK, write images + table"
@@ -32,7 +32,11 @@ $(STAMP): pyproject.toml clients/python/pyproject.toml $(LOCK)
 demo: $(STAMP)
 	$(PY) -m xaiserve_client.demo --out demo-output
 
-test: $(STAMP)
+# The OIP server the "oip" tests talk to (KServe, in its own venv: it pins protobuf<7).
+oip-server: $(STAMP)
+	$(PY) -c "from tests.oip_support import ensure_server_venv; ensure_server_venv()"
+
+test: $(STAMP) oip-server
 	OMP_WAIT_POLICY=PASSIVE $(PY) -m pytest -q
 
 test-fast: $(STAMP)

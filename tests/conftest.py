@@ -59,6 +59,7 @@ def start_server(tmp_path: Path) -> Iterator[ServerFactory]:
             metrics_port=0,
             models_dir=str(models_dir if models_dir is not None else tmp_path / "repo"),
             log_format="text",
+            warmup=False,  # the suite starts many servers; tests/unit/test_gpu_path.py covers it
         ).replace(**overrides)
         server, port = create_server(settings)
         started.append(server)

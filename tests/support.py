@@ -74,6 +74,7 @@ def load_onnx_model(
     max_batch_size: int = 32,
     name: str = "test",
     metrics: Metrics | None = None,
+    warmup: bool = False,
 ) -> Model:
     """Load an ONNX graph through the real repository; the caller may ``model.close()``."""
     root = tmp_path / "repo"
@@ -91,7 +92,8 @@ def load_onnx_model(
         name=name,
     )
     metrics = metrics or Metrics()
-    repo = ModelRepository(root, Settings(models_dir=str(root)), metrics, ImageBudget(100_000))
+    settings = Settings(models_dir=str(root), warmup=warmup)
+    repo = ModelRepository(root, settings, metrics, ImageBudget(100_000))
     entry = repo.load_version(name, "1")
     if entry.model is None:
         raise RuntimeError(f"test model failed to load: {entry.error}")

@@ -88,6 +88,9 @@ class Settings:
     segmentation_cache_bytes: int = 256 * 1024 * 1024  # LRU bound of the label cache; 0 = off
     segmentation_workers: int = 0  # threads that segment; 0 = half the cores (at least 1)
     segmentation_device: str = "auto"  # auto | cpu | gpu (SLIC on CUDA; falls back to the CPU)
+    otlp_endpoint: str = ""  # OpenTelemetry traces over OTLP/gRPC to this URL ("" = tracing off)
+    trace_sample_ratio: float = 1.0  # fraction of new traces sampled (a caller's decision wins)
+    warmup: bool = True  # at load: forward passes at batch 1 and max_batch_size, torch pool built
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -147,6 +150,8 @@ class Settings:
             raise ValueError("setting log_format must be 'json' or 'text'")
         if bool(self.tls_cert) != bool(self.tls_key):
             raise ValueError("settings tls_cert and tls_key must be given together")
+        if not 0.0 <= self.trace_sample_ratio <= 1.0:
+            raise ValueError("setting trace_sample_ratio must be within 0..1")
         if self.tls_client_ca and not self.tls_cert:
             raise ValueError("setting tls_client_ca needs tls_cert and tls_key")
 

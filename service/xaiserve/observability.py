@@ -219,6 +219,42 @@ class Metrics:
             namespace=NAMESPACE,
             registry=r,
         )
+        self.provider_fallback = Gauge(
+            "provider_fallback",
+            "1 when a version serves without an accelerator provider it was configured for "
+            "(e.g. CUDA missing: a GPU deployment serving on CPU).",
+            ["model", "version", "missing"],
+            namespace=NAMESPACE,
+            registry=r,
+        )
+        self.warmup_seconds = Gauge(
+            "model_warmup_seconds",
+            "Seconds the last load's warm-up of a version took (before it was marked ready).",
+            ["model", "version"],
+            namespace=NAMESPACE,
+            registry=r,
+        )
+        self.remote_circuit_state = Gauge(
+            "remote_circuit_state",
+            "Circuit breaker toward a remote (OIP) backend: 0 closed, 1 open, 2 half-open.",
+            ["model", "version"],
+            namespace=NAMESPACE,
+            registry=r,
+        )
+        self.remote_ready = Gauge(
+            "remote_ready",
+            "Whether the remote (OIP) server says the model is ready (ModelReady): 1 or 0.",
+            ["model", "version"],
+            namespace=NAMESPACE,
+            registry=r,
+        )
+        self.remote_calls_total = Counter(
+            "remote_calls",
+            "ModelInfer attempts toward a remote (OIP) backend, by gRPC status code.",
+            ["model", "version", "code"],
+            namespace=NAMESPACE,
+            registry=r,
+        )
         self.operations = Gauge(
             "operations",
             "Long-running operations by kind and state.",

@@ -41,6 +41,7 @@ from xaiserve_client.channel import (
     auth_metadata,
     channel_credentials,
     channel_options,
+    trace_metadata,
 )
 from xaiserve_client.errors import NotFound, Unavailable, XaiserveError, from_rpc_error
 from xaiserve_client.images import ImageInput
@@ -120,7 +121,9 @@ class AsyncExplainClient:
 
     async def _unary(self, rpc: Callable[..., Any], request: Any, timeout: Timeout) -> Any:
         try:
-            return await rpc(request, timeout=self._deadline(timeout), metadata=self._metadata)
+            return await rpc(
+                request, timeout=self._deadline(timeout), metadata=self._metadata + trace_metadata()
+            )
         except grpc.RpcError as err:
             raise from_rpc_error(err) from err
 
@@ -144,7 +147,9 @@ class AsyncExplainClient:
             except Exception as exc:  # a bad input: raised in the caller's task below
                 failures.append(exc)
 
-        call = rpc(feed(), timeout=self._deadline(timeout), metadata=self._metadata)
+        call = rpc(
+            feed(), timeout=self._deadline(timeout), metadata=self._metadata + trace_metadata()
+        )
         try:
             async for response in call:
                 window.release()
@@ -387,7 +392,9 @@ class AsyncExplainClient:
     ) -> AsyncIterator[Operation]:
         """The operation's state on every change, until it finishes (no deadline by default)."""
         call = self._stub.WatchOperation(
-            pb.OperationRequest(id=operation_id), timeout=timeout, metadata=self._metadata
+            pb.OperationRequest(id=operation_id),
+            timeout=timeout,
+            metadata=self._metadata + trace_metadata(),
         )
         try:
             async for message in call:

@@ -92,3 +92,16 @@ def channel_credentials(
 def auth_metadata(token: str | None) -> tuple[tuple[str, str], ...]:
     """``authorization: Bearer <token>`` metadata (empty without a token)."""
     return (("authorization", f"Bearer {token}"),) if token else ()
+
+
+def trace_metadata() -> tuple[tuple[str, str], ...]:
+    """The caller's current OpenTelemetry trace context as W3C ``traceparent``/``tracestate``
+    metadata, so that the server's spans join the application's trace. Empty when the
+    application does not use OpenTelemetry (the SDK does not depend on it)."""
+    try:
+        from opentelemetry import propagate
+    except ImportError:
+        return ()
+    carrier: dict[str, str] = {}
+    propagate.inject(carrier)
+    return tuple(carrier.items())

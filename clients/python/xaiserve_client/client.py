@@ -45,6 +45,7 @@ from xaiserve_client.channel import (
     channel_credentials,
     channel_options,
     service_config,
+    trace_metadata,
 )
 from xaiserve_client.errors import (
     NotFound,
@@ -155,7 +156,7 @@ class ExplainClient:
 
     def _unary(self, rpc: Callable[..., Any], request: Any, timeout: Timeout) -> Any:
         try:
-            return rpc(request, timeout=self._deadline(timeout), metadata=self._metadata)
+            return rpc(request, timeout=self._deadline(timeout), metadata=self._metadata + trace_metadata())
         except grpc.RpcError as err:
             raise from_rpc_error(err) from err
 
@@ -184,7 +185,7 @@ class ExplainClient:
             except Exception as exc:  # a bad input: raised in the caller's thread below
                 failures.append(exc)
 
-        call = rpc(feed(), timeout=self._deadline(timeout), metadata=self._metadata)
+        call = rpc(feed(), timeout=self._deadline(timeout), metadata=self._metadata + trace_metadata())
         try:
             for response in call:
                 window.release()
@@ -448,7 +449,7 @@ class ExplainClient:
         Operations run long, so the watch has no deadline unless ``timeout`` is given.
         """
         call = self._stub.WatchOperation(
-            pb.OperationRequest(id=operation_id), timeout=timeout, metadata=self._metadata
+            pb.OperationRequest(id=operation_id), timeout=timeout, metadata=self._metadata + trace_metadata()
         )
         try:
             for message in call:

@@ -351,7 +351,9 @@ def version_info(v: VersionEntry) -> pb.ModelVersionInfo:
         return info
     model: Model = v.model
     cfg = model.config
-    info.state = pb.ModelVersionInfo.READY
+    state_error = model.state_error()  # a remote backend that is down or not ready
+    info.state = pb.ModelVersionInfo.FAILED if state_error else pb.ModelVersionInfo.READY
+    info.error = state_error or v.error
     info.input.CopyFrom(
         pb.InputSpec(
             height=cfg.input.height,

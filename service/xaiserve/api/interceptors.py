@@ -21,6 +21,7 @@ from typing import Any
 
 import grpc
 
+from xaiserve import tracing
 from xaiserve.errors import Cancelled, Overloaded, XaiserveError
 from xaiserve.observability import Metrics
 
@@ -335,7 +336,8 @@ class ServiceInterceptor(grpc.ServerInterceptor):
                 context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, exc.message)
             code = "OK"
             try:
-                return behaviour(self._requests(request, context, kind), context)
+                with tracing.server_span(SERVICE_PREFIX[1:] + rpc, context.invocation_metadata()):
+                    return behaviour(self._requests(request, context, kind), context)
             except Exception as exc:
                 code, message = self._status_of(exc, rpc, context)
                 _abort(context, code, message)
@@ -368,7 +370,10 @@ class ServiceInterceptor(grpc.ServerInterceptor):
             try:
                 token = _rpc_info.set(info)
                 try:
-                    yield from behaviour(requests, context)
+                    with tracing.server_span(
+                        SERVICE_PREFIX[1:] + rpc, context.invocation_metadata()
+                    ):
+                        yield from behaviour(requests, context)
                 finally:
                     _rpc_info.reset(token)
             except GeneratorExit:

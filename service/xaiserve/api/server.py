@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 
 SERVICE_NAME = explain_pb2.DESCRIPTOR.services_by_name["ExplainService"].full_name
 HEALTH_SERVICES = ("", SERVICE_NAME)
+MODEL_HEALTH_PREFIX = "model/"  # per-model health: "model/<name>" (a remote backend's state)
 
 
 class XaiServer:
@@ -75,11 +76,34 @@ class XaiServer:
                 for name in HEALTH_SERVICES:
                     self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
             log.info("ready", extra={"models": len(self.repository.ready_models())})
+            self._update_model_health()
+            threading.Thread(
+                target=self._watch_model_health, name="model-health", daemon=True
+            ).start()
 
         self._loader = threading.Thread(target=load, name="model-loader", daemon=True)
         self._loader.start()
         if wait:
             self._loader.join()
+
+    def _update_model_health(self) -> None:
+        """``model/<name>`` is SERVING while some version of it can serve: loaded, and for a
+        remote backend the remote says ready and its circuit is closed."""
+        for entry in self.repository.entries():
+            serving = any(
+                v.model is not None and not v.model.state_error() for v in entry.versions.values()
+            )
+            status = (
+                health_pb2.HealthCheckResponse.SERVING
+                if serving
+                else health_pb2.HealthCheckResponse.NOT_SERVING
+            )
+            self.health.set(MODEL_HEALTH_PREFIX + entry.name, status)
+
+    def _watch_model_health(self, every: float = 1.0) -> None:
+        while not self._stopped.wait(every):
+            if not self.admission.draining.is_set():
+                self._update_model_health()
 
     def watch_models(self, every: float) -> None:
         """Rescan the repository every ``every`` seconds (changed files reload atomically)."""

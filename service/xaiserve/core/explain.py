@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from xaiserve.core.methods import ResolvedMethod, resolve_method
+from xaiserve.core.methods import ResolvedMethod, resolve_method, run_method
 from xaiserve.core.predict import load_image
 from xaiserve.core.services import Services
 from xaiserve.core.targets import probabilities, resolve_target
@@ -56,7 +56,7 @@ def explain(services: Services, request: ExplainInput) -> ExplainResult:
     target, probs = resolve_target(model, image, request.target, request.contrast)
     t1 = time.perf_counter()
     with services.memory.reserve(method.footprint.bytes, method.footprint.knob):
-        explanation = method.spec.explain(model, image, target, method.params)
+        explanation = run_method(model, image, target, method)
     method_s = time.perf_counter() - t1
     ctx.check()
     if probs is None and (explanation.target_probability is None or target.contrast is not None):

@@ -6,14 +6,15 @@ import dataclasses
 import secrets
 from typing import Any
 
+from xaiserve import tracing
 from xaiserve.config import Settings
 from xaiserve.contracts.footprint import Footprint, check_footprint
 from xaiserve.core.services import Services
 from xaiserve.core.types import MethodChoice
-from xaiserve.errors import InvalidInput, LimitExceeded, Unimplemented
+from xaiserve.errors import InvalidInput, LimitExceeded
 from xaiserve.methods import catalog as _catalog  # noqa: F401 - registers the methods
 from xaiserve.methods import get_method, registered_methods
-from xaiserve.methods.base import MethodSpec
+from xaiserve.methods.base import Explanation, MethodSpec, Target
 from xaiserve.methods.params import params_from_mapping, params_to_dict
 from xaiserve.models.model import Model
 
@@ -57,10 +58,7 @@ def resolve_method(services: Services, model: Model, choice: MethodChoice) -> Re
     services.observe_method(choice.name)
     spec = get_method(choice.name)
     if not model.supports(spec.model_backend):
-        raise Unimplemented(
-            f"method {spec.name!r} needs the torch backend, which model {model.name!r} does "
-            "not have"
-        )
+        raise model.unsupported(spec.name)
     parsed = params_from_mapping(spec.params_type, dict(choice.params), f"{spec.name}.")
     parsed, seed = with_seed(parsed)
     check_cost(
@@ -78,3 +76,9 @@ def resolve_method(services: Services, model: Model, choice: MethodChoice) -> Re
         f"method {spec.name!r} with these parameters",
     )
     return ResolvedMethod(spec, parsed, params_to_dict(parsed), seed, footprint)
+
+
+def run_method(model: Model, image: Any, target: Target, method: ResolvedMethod) -> Explanation:
+    """Run the resolved method inside a ``method <name>`` trace span (no-op with tracing off)."""
+    with tracing.span(f"method {method.spec.name}", {"xaiserve.method": method.spec.name}):
+        return method.spec.explain(model, image, target, method.params)

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from xaiserve.contracts.footprint import check_footprint
-from xaiserve.core.methods import ResolvedMethod, check_cost, resolve_method, with_seed
+from xaiserve.core.methods import ResolvedMethod, check_cost, resolve_method, run_method, with_seed
 from xaiserve.core.predict import load_image
 from xaiserve.core.services import Services
 from xaiserve.core.targets import probabilities, resolve_target
@@ -145,9 +145,7 @@ def _score(
     if request.heatmap is not None:
         heatmap = decode_map(request.heatmap, h, w, "heatmap")
     elif method is not None:
-        heatmap = np.asarray(
-            method.spec.explain(model, image, target, method.params).heatmap, np.float32
-        )
+        heatmap = np.asarray(run_method(model, image, target, method).heatmap, np.float32)
         ctx.check()
     else:
         raise InvalidInput("set heatmap (a tensor on the model's grid) or method (to compute one)")

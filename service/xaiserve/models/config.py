@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Literal, cast
 
 from xaiserve.contracts.input import InputConfig
+from xaiserve.runtime.oip_config import OIP_DATATYPES, OipConfig
 
 CONFIG_FILE = "config.toml"
 MODEL_FILE = "model.onnx"
@@ -56,11 +57,20 @@ class TorchConfig:
 
 
 @dataclass(frozen=True)
+class BackendConfig:
+    """``[backend]``: ``kind = "onnx"`` (local onnxruntime, the default) or ``"oip"``."""
+
+    kind: Literal["onnx", "oip"] = "onnx"
+    oip: OipConfig | None = None
+
+
+@dataclass(frozen=True)
 class ModelConfig:
     input: InputConfig
     output: OutputConfig
     batching: BatchingConfig = BatchingConfig()
     torch: TorchConfig | None = None
+    backend: BackendConfig = BackendConfig()
     description: str = ""
     sha256: str = ""  # optional pin: the model file must have this SHA-256
 
@@ -80,7 +90,7 @@ def load_config(path: Path) -> ModelConfig:
 
 def parse_config(raw: dict[str, Any], where: str) -> ModelConfig:
     r = _Reader(raw, where)
-    known_top = {"description", "sha256", "input", "output", "batching", "torch"}
+    known_top = {"description", "sha256", "input", "output", "batching", "torch", "backend"}
     r.no_unknown(raw, known_top, "")
     inp = r.table("input", required=True)
     r.no_unknown(
@@ -170,9 +180,90 @@ def parse_config(raw: dict[str, Any], where: str) -> ModelConfig:
         output=output_cfg,
         batching=batching,
         torch=torch_cfg,
+        backend=_backend(r),
         description=r.string(raw, "description", ""),
         sha256=sha256,
     )
+
+
+_OIP_FIELDS = {
+    "kind",
+    "url",
+    "model_name",
+    "model_version",
+    "input_name",
+    "input_datatype",
+    "output_name",
+    "output_datatype",
+    "tls_ca_file",
+    "tls_cert_file",
+    "tls_key_file",
+    "tls_server_name",
+    "token_file",
+    "timeout_ms",
+    "max_batch_size",
+    "max_concurrency",
+    "max_attempts",
+    "backoff_ms",
+    "circuit_failures",
+    "circuit_reset_ms",
+    "probe_interval_ms",
+}
+
+
+def _backend(r: _Reader) -> BackendConfig:
+    b = r.table("backend", required=False)
+    kind = r.choice(b, "backend.kind", ("onnx", "oip"), "onnx")
+    if kind == "onnx":
+        r.no_unknown(b, {"kind"}, "backend.")
+        return BackendConfig()
+    r.no_unknown(b, _OIP_FIELDS, "backend.")
+    url = r.string(b, "backend.url", "")
+    scheme, sep, rest = url.rpartition("://")
+    if not url or (sep and scheme not in ("grpc", "grpcs")) or ":" not in rest or "/" in rest:
+        r.fail(
+            "backend.url",
+            f'must be "host:port", "grpc://host:port" or "grpcs://host:port", not {url!r}',
+        )
+    model_name = r.string(b, "backend.model_name", "")
+    if not model_name:
+        r.fail("backend.model_name", "is required (the model's name on the remote server)")
+    datatypes = {}
+    for key in ("input_datatype", "output_datatype"):
+        value = r.string(b, f"backend.{key}", "").upper()
+        if value and value not in OIP_DATATYPES:
+            r.fail(f"backend.{key}", f"must be one of {', '.join(OIP_DATATYPES)}, not {value!r}")
+        datatypes[key] = value
+    tls_files = {
+        k: r.string(b, f"backend.{k}", "") for k in ("tls_ca_file", "tls_cert_file", "tls_key_file")
+    }
+    tls = scheme == "grpcs"
+    if not tls and any(tls_files.values()):
+        r.fail("backend.url", "must start with grpcs:// when TLS files are given")
+    if bool(tls_files["tls_cert_file"]) != bool(tls_files["tls_key_file"]):
+        r.fail("backend.tls_cert_file", "and backend.tls_key_file must be given together")
+    oip = OipConfig(
+        url=url,
+        model_name=model_name,
+        model_version=r.string(b, "backend.model_version", ""),
+        input_name=r.string(b, "backend.input_name", ""),
+        input_datatype=datatypes["input_datatype"],
+        output_name=r.string(b, "backend.output_name", ""),
+        output_datatype=datatypes["output_datatype"],
+        tls=tls,
+        tls_server_name=r.string(b, "backend.tls_server_name", ""),
+        token_file=r.string(b, "backend.token_file", ""),
+        timeout_ms=r.positive_float(b, "backend.timeout_ms", 30_000.0),
+        max_batch_size=r.nonnegative_int(b, "backend.max_batch_size", 0),
+        max_concurrency=r.positive_int(b, "backend.max_concurrency", 4),
+        max_attempts=r.positive_int(b, "backend.max_attempts", 4),
+        backoff_ms=r.nonnegative_float(b, "backend.backoff_ms", 50.0),
+        circuit_failures=r.positive_int(b, "backend.circuit_failures", 5),
+        circuit_reset_ms=r.positive_float(b, "backend.circuit_reset_ms", 5_000.0),
+        probe_interval_ms=r.positive_float(b, "backend.probe_interval_ms", 2_000.0),
+        **tls_files,
+    )
+    return BackendConfig(kind="oip", oip=oip)
 
 
 class _Reader:
@@ -236,6 +327,20 @@ class _Reader:
         if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
             self.fail(field, f"must be a non-negative number, not {value!r}")
         return float(value)
+
+    def positive_float(self, table: dict[str, Any], field: str, default: float) -> float:
+        value = self.nonnegative_float(table, field, default)
+        if value <= 0:
+            self.fail(field, f"must be a positive number, not {value!r}")
+        return value
+
+    def nonnegative_int(self, table: dict[str, Any], field: str, default: int) -> int:
+        value = self._get(table, field)
+        if value is None:
+            return default
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            self.fail(field, f"must be a non-negative integer, not {value!r}")
+        return value
 
     def floats(
         self, table: dict[str, Any], field: str, n: int, default: tuple[float, ...]

@@ -26,7 +26,7 @@ import numpy as np
 from xaiserve.contracts.images import ImageBatch, OutputSpace
 from xaiserve.contracts.input import InputConfig
 from xaiserve.contracts.models import TorchBackend
-from xaiserve.errors import FailedPrecondition, Unimplemented
+from xaiserve.errors import FailedPrecondition, Unimplemented, XaiserveError
 from xaiserve.imaging.preprocess import to_network_input
 from xaiserve.models.config import ModelConfig
 from xaiserve.runtime import context
@@ -60,6 +60,8 @@ class Model:
         input_name: str = "",
         torch_copies: int = 2,
         torch_batch_bytes: int = 256 * 2**20,
+        remote: Any = None,
+        whitebox_error: str = "",
     ) -> None:
         self.name = name
         self.version = version
@@ -71,6 +73,12 @@ class Model:
         self.input_name = input_name
         self._torch_copies = torch_copies
         self.torch_batch_bytes = torch_batch_bytes
+        # A remote backend (``runtime.oip_backend.OipBackend``) serves the forward passes; white-box
+        # methods then need a local copy, and ``whitebox_error`` says why there is none.
+        self.remote = remote
+        self.whitebox_error = whitebox_error
+        # Accelerator providers configured but not in use (shown by the provider_fallback metric).
+        self.provider_fallback: tuple[str, ...] = ()
         self._torch_pool: Any = None
         self._torch_lock = threading.Lock()
 
@@ -150,14 +158,17 @@ class Model:
     # -- WhiteBoxModel -------------------------------------------------------------------------
     @property
     def backends(self) -> list[str]:
-        names = ["onnx"]
+        names = ["oip" if self.remote is not None else "onnx"]
         if self._torch_available():
             names.append("torch")
         return names
 
     def supports(self, backend: str) -> bool:
         """Whether this version can run on ``backend`` (``"onnx"`` or ``"torch"``; a method's
-        :attr:`~xaiserve.methods.base.MethodSpec.model_backend`)."""
+        :attr:`~xaiserve.methods.base.MethodSpec.model_backend`). ``"onnx"`` means forward
+        passes, which a remote (``"oip"``) version serves too."""
+        if backend == "onnx" and self.remote is not None:
+            return True
         return backend in self.backends
 
     @property
@@ -170,7 +181,22 @@ class Model:
         """How many module copies a torch pool of this version may hold (≥ 1)."""
         return max(1, self._torch_copies)
 
+    def unsupported(self, method: str) -> XaiserveError:
+        """The error for a request of ``method`` (white-box) that this version cannot serve:
+        FAILED_PRECONDITION naming the missing local copy of a remote model, else UNIMPLEMENTED."""
+        if self.whitebox_error:
+            return FailedPrecondition(f"method {method!r} is white-box: {self.whitebox_error}")
+        return Unimplemented(
+            f"method {method!r} needs the torch backend, which model {self.name!r} does not have"
+        )
+
+    def state_error(self) -> str:
+        """Why this loaded version cannot serve now ("" when it can): a remote that is down."""
+        return self.remote.state_error() if self.remote is not None else ""  # type: ignore[no-any-return]
+
     def _torch_available(self) -> bool:
+        if self.whitebox_error:
+            return False
         try:
             importlib.import_module("xaiserve.runtime.torch_backend")
             if self.config.torch is None:
@@ -208,6 +234,8 @@ class Model:
         For callers that need their own copy (GAD fitting trains one; support sets load other
         weights into one). A module that cannot be built raises :class:`FailedPrecondition`.
         """
+        if self.whitebox_error:
+            raise FailedPrecondition(self.whitebox_error)
         if not self._torch_available():
             raise Unimplemented("white-box methods need the torch backend, not installed")
         return self._guarded(self._module_factory())
@@ -254,6 +282,8 @@ class Model:
 
     def close(self) -> None:
         self.batcher.close(timeout=5.0)
+        if self.remote is not None:
+            self.remote.close()
 
 
 def _wait(fut: Future[np.ndarray], ctx: context.RequestContext) -> np.ndarray:

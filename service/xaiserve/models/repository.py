@@ -22,6 +22,8 @@ from xaiserve.errors import ModelNotFound, Unavailable
 from xaiserve.imaging.preprocess import to_network_input
 from xaiserve.models.config import CONFIG_FILE, MODEL_FILE, ModelConfig, load_config
 from xaiserve.models.model import Model
+from xaiserve.models.remote_model import build_remote_model
+from xaiserve.models.warmup import warm_up
 from xaiserve.observability import Metrics
 from xaiserve.runtime.batcher import DynamicBatcher, ImageBudget
 from xaiserve.runtime.onnx_session import OnnxSession
@@ -163,6 +165,10 @@ class ModelRepository:
         self.metrics.model_info.labels(
             model=name, version=version, sha256=model.sha256, providers=",".join(model.providers)
         ).set(1)
+        if model.provider_fallback:
+            self.metrics.provider_fallback.labels(
+                model=name, version=version, missing=",".join(model.provider_fallback)
+            ).set(1)
         log.info(
             "model %s/%s ready",
             name,
@@ -176,17 +182,32 @@ class ModelRepository:
             self._inside(folder / file_name)
         config = load_config(folder / CONFIG_FILE)
         onnx_path = folder / MODEL_FILE
-        if not onnx_path.is_file():
+        remote = config.backend.kind == "oip"
+        if not onnx_path.is_file() and not remote:
             raise FileNotFoundError(
                 f"{onnx_path}: file missing (every model version needs {MODEL_FILE})"
             )
         if config.torch is not None:
             self._inside(folder / config.torch.weights)
-        sha = file_sha256(onnx_path)
+        sha = file_sha256(onnx_path) if onnx_path.is_file() else ""
         if config.sha256 and sha != config.sha256:
             raise ValueError(
-                f"{onnx_path}: SHA-256 {sha} does not match the pin in {CONFIG_FILE} ({config.sha256})"
+                f"{onnx_path}: SHA-256 {sha or '(no file)'} does not match the pin in {CONFIG_FILE} "
+                f"({config.sha256})"
             )
+        if remote:
+            model = build_remote_model(
+                name=name,
+                version=version,
+                folder=folder,
+                config=config,
+                local_sha256=sha,
+                metrics=self.metrics,
+                budget=self.budget,
+                torch_copies=self.settings.torch_copies,
+                providers=self.settings.providers,
+            )
+            return self._check_and_warm(model)
         session = OnnxSession(
             onnx_path,
             input_name=config.input.name,
@@ -215,8 +236,17 @@ class ModelRepository:
             torch_copies=self.settings.torch_copies,
             torch_batch_bytes=self.settings.torch_batch_bytes,
         )
+        model.provider_fallback = tuple(session.fallback)
+        return self._check_and_warm(model)
+
+    def _check_and_warm(self, model: Model) -> Model:
         try:
             _smoke_test(model)
+            if self.settings.warmup:
+                seconds = warm_up(model)
+                self.metrics.warmup_seconds.labels(model=model.name, version=model.version).set(
+                    seconds
+                )
         except Exception:
             model.close()
             raise

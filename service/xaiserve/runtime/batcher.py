@@ -7,7 +7,14 @@ a request whose first chunk does not fit is refused at once with RESOURCE_EXHAUS
 request already admitted waits for room for its later chunks (it holds at most a couple of
 chunks, so memory stays bounded). Items whose deadline passed or whose client cancelled are
 dropped before a batch forms. A failed batch is retried item by item, so one bad request
-cannot fail its neighbours.
+cannot fail its neighbours — unless the runner raises a domain error (a remote backend that is
+unavailable or answers with the wrong shape), which every request of the batch receives as is.
+
+``workers`` threads take batches from the queue (1 for a local session, which parallelises
+inside; the remote backend's ``max_concurrency`` for a remote server). The runner sees a bound
+request context whose deadline is the latest of the batch's requests, and a ``forward_pass``
+span whose parent is the first request's trace (the others are links); the forward-pass
+histogram's observations carry that trace id as an exemplar.
 """
 
 from __future__ import annotations
@@ -19,11 +26,14 @@ from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
+from xaiserve import tracing
 from xaiserve.errors import Cancelled, DeadlineExceeded, Overloaded, Unavailable, XaiserveError
 from xaiserve.observability import Metrics, batch_bucket
+from xaiserve.runtime import context
 from xaiserve.runtime.context import RequestContext
 
 log = logging.getLogger(__name__)
@@ -78,6 +88,7 @@ class _Item:
     ctx: RequestContext
     enqueued: float
     future: Future[np.ndarray] = field(default_factory=Future)
+    trace: Any = None  # the submitting thread's OpenTelemetry context
     taken: int = 0
     done: int = 0
     out: np.ndarray | None = None
@@ -100,6 +111,7 @@ class DynamicBatcher:
         max_queue_delay_s: float,
         budget: ImageBudget,
         metrics: Metrics,
+        workers: int = 1,
     ) -> None:
         self.runner = runner
         self.max_batch_size = max_batch_size
@@ -114,10 +126,13 @@ class DynamicBatcher:
         self._active = 0
         self._cond = threading.Condition()
         self._closed = False
-        self._thread = threading.Thread(
-            target=self._loop, name=f"batcher-{model}-{version}", daemon=True
-        )
-        self._thread.start()
+        self._deliver_lock = threading.Lock()
+        self._threads = [
+            threading.Thread(target=self._loop, name=f"batcher-{model}-{version}-{i}", daemon=True)
+            for i in range(max(1, workers))
+        ]
+        for thread in self._threads:
+            thread.start()
 
     def submit(self, x: np.ndarray, ctx: RequestContext) -> Future[np.ndarray]:
         """Queue ``x`` (≤ max_batch_size network inputs); the future holds its outputs."""
@@ -138,7 +153,7 @@ class DynamicBatcher:
             ctx.has_queued_work = True
         else:
             self.budget.acquire(n, ctx)
-        item = _Item(x=x, ctx=ctx, enqueued=time.monotonic())
+        item = _Item(x=x, ctx=ctx, enqueued=time.monotonic(), trace=tracing.current_context())
         with self._cond:
             (self._urgent if ctx.interactive else self._queue).append(item)
             self._pending += n
@@ -170,7 +185,8 @@ class DynamicBatcher:
         with self._cond:
             self._closed = True
             self._cond.notify_all()
-        self._thread.join(timeout)
+        for thread in self._threads:
+            thread.join(timeout)
 
     def _loop(self) -> None:
         while True:
@@ -242,13 +258,18 @@ class DynamicBatcher:
             batch = np.concatenate([item.x[a:b] for item, a, b in parts])
         start = time.perf_counter()
         try:
-            out = self.runner(batch)
+            out, trace_id = self._forward(batch, parts)
             elapsed = time.perf_counter() - start
-            self._observe(count, elapsed)
+            self._observe(count, elapsed, trace_id)
             offset = 0
             for item, a, b in parts:
                 self._deliver(item, a, b, out[offset : offset + (b - a)], elapsed)
                 offset += b - a
+        except XaiserveError as exc:
+            # A domain error (remote unavailable, output that does not fit): the same answer
+            # for every request in the batch; running them one by one would only repeat it.
+            for item, _, _ in parts:
+                _settle(item.future, exc=exc)
         except Exception:
             log.warning("batch of %d failed; retrying its items one by one", count, exc_info=True)
             for item, a, b in parts:
@@ -256,7 +277,10 @@ class DynamicBatcher:
                     continue
                 t0 = time.perf_counter()
                 try:
-                    single = self.runner(item.x[a:b])
+                    single, trace_id = self._forward(item.x[a:b], [(item, a, b)])
+                except XaiserveError as exc:
+                    _settle(item.future, exc=exc)
+                    continue
                 except Exception:
                     log.exception("inference failed for one request's images")
                     _settle(
@@ -265,27 +289,53 @@ class DynamicBatcher:
                     )
                     continue
                 elapsed = time.perf_counter() - t0
-                self._observe(b - a, elapsed)
+                self._observe(b - a, elapsed, trace_id)
                 self._deliver(item, a, b, single, elapsed)
         finally:
             self.budget.release(count)
 
-    def _observe(self, n: int, seconds: float) -> None:
+    def _forward(
+        self, batch: np.ndarray, parts: list[tuple[_Item, int, int]]
+    ) -> tuple[np.ndarray, str]:
+        """Run one batch inside a ``forward_pass`` span, with the batch's deadline bound."""
+        deadlines = [item.ctx.deadline for item, _, _ in parts]
+        deadline = None if any(d is None for d in deadlines) else max(d for d in deadlines if d)
+        traces = [item.trace for item, _, _ in parts if item.trace is not None]
+        with (
+            context.bind(RequestContext(deadline=deadline)),
+            tracing.span(
+                "forward_pass",
+                {
+                    "xaiserve.model": self._labels["model"],
+                    "xaiserve.version": self._labels["version"],
+                    "xaiserve.backend": self._runtime,
+                    "xaiserve.batch_size": len(batch),
+                    "xaiserve.requests": len(parts),
+                },
+                parent=traces[0] if traces else None,
+                links=traces[1:],
+            ),
+        ):
+            return self.runner(batch), tracing.trace_id_of()
+
+    def _observe(self, n: int, seconds: float, trace_id: str = "") -> None:
         self._metrics.forward_seconds.labels(
             **self._labels, runtime=self._runtime, batch_size=batch_bucket(n)
-        ).observe(seconds)
+        ).observe(seconds, exemplar={"trace_id": trace_id} if trace_id else None)
         self._metrics.batch_images.labels(**self._labels).observe(n)
         self._metrics.images_total.labels(**self._labels).inc(n)
 
     def _deliver(self, item: _Item, a: int, b: int, out: np.ndarray, seconds: float) -> None:
-        if item.future.done():
-            return
-        if item.out is None:
-            item.out = np.empty((len(item.x), *out.shape[1:]), dtype=np.float32)
-        item.out[a:b] = out
-        item.done += b - a
+        with self._deliver_lock:
+            if item.future.done():
+                return
+            if item.out is None:
+                item.out = np.empty((len(item.x), *out.shape[1:]), dtype=np.float32)
+            item.out[a:b] = out
+            item.done += b - a
+            finished = item.done == len(item.x)
         item.ctx.record_batch(b - a, seconds, 0.0)
-        if item.done == len(item.x):
+        if finished:
             _settle(item.future, result=item.out)
 
 
