@@ -156,7 +156,9 @@ class ExplainClient:
 
     def _unary(self, rpc: Callable[..., Any], request: Any, timeout: Timeout) -> Any:
         try:
-            return rpc(request, timeout=self._deadline(timeout), metadata=self._metadata + trace_metadata())
+            return rpc(
+                request, timeout=self._deadline(timeout), metadata=self._metadata + trace_metadata()
+            )
         except grpc.RpcError as err:
             raise from_rpc_error(err) from err
 
@@ -185,7 +187,9 @@ class ExplainClient:
             except Exception as exc:  # a bad input: raised in the caller's thread below
                 failures.append(exc)
 
-        call = rpc(feed(), timeout=self._deadline(timeout), metadata=self._metadata + trace_metadata())
+        call = rpc(
+            feed(), timeout=self._deadline(timeout), metadata=self._metadata + trace_metadata()
+        )
         try:
             for response in call:
                 window.release()
@@ -449,7 +453,9 @@ class ExplainClient:
         Operations run long, so the watch has no deadline unless ``timeout`` is given.
         """
         call = self._stub.WatchOperation(
-            pb.OperationRequest(id=operation_id), timeout=timeout, metadata=self._metadata + trace_metadata()
+            pb.OperationRequest(id=operation_id),
+            timeout=timeout,
+            metadata=self._metadata + trace_metadata(),
         )
         try:
             for message in call:
