@@ -124,7 +124,14 @@ def start_server(port: int, log_path: Path, models: str | None = None) -> subpro
     ]
     if models:
         command += ["--models", models]
-    env = {**os.environ, "PYTHONPATH": _python_path(), "XAISERVE_DRAIN_SECONDS": "5"}
+    # The demo explains a couple of images: no warm-up, so the server is ready within seconds
+    # (the first white-box request then builds the torch module, as warm-up would have).
+    env = {
+        **os.environ,
+        "PYTHONPATH": _python_path(),
+        "XAISERVE_DRAIN_SECONDS": "5",
+        "XAISERVE_WARMUP": os.environ.get("XAISERVE_WARMUP", "0"),
+    }
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "wb") as log:
         return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
