@@ -14,8 +14,9 @@ order, the stops and the distribution). Each variant is a :class:`RandomisedMode
 
 Sessions and modules are built on first use and kept: variants are cached per model version
 (they die with the ``Model``), at most ``keep`` (seed, stops) sets per version, least recently
-used first out. Memory: one randomised copy of the parameters per set, plus one copy of the
-weights per variant per backend used (onnxruntime session, torch module copies).
+used first out. Memory: one randomised copy of the parameters per set (plus, once a white-box
+method ran, the two converted modules the variant modules are assembled from), and one copy of
+the weights per variant per backend used (onnxruntime session, one torch module).
 
 :func:`randomisation_test` runs one method on the original and on every variant and returns
 the similarity curve (:mod:`xaiserve.evaluation.randomisation`).
@@ -132,7 +133,10 @@ class RandomisedModel(Model):
             batcher=None,  # type: ignore[arg-type]  # built on first use (the property below)
             providers=list(base.providers),
             input_name=base.input_name,
-            torch_copies=max(1, int(getattr(base, "_torch_copies", 1))),
+            # One module copy per variant: the pool frees its template once its copies exist,
+            # so a variant holds one copy of the weights (concurrent tests of one variant
+            # wait for it, up to the pool's timeout).
+            torch_copies=1,
         )
 
     @property
