@@ -181,3 +181,90 @@ def test_cli_compare_image_and_folder(demo_server, sample, tmp_path: Path) -> No
     assert {"lrp", "saliency", "random"} <= set(rows)
     assert float(rows["lrp"]["images"]) == 3
     assert (tmp_path / "many" / "aopc_curves.png").stat().st_size > 1000
+
+
+SANITY_METHODS = ["saliency", "guided_backprop"]
+
+
+def test_compare_with_sanity_adds_the_randomisation_test(
+    demo_server, sample, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    _, port = demo_server
+    image, _ = sample
+    with ExplainClient(f"127.0.0.1:{port}") as client:
+        cmp = client.compare(
+            image, methods=SANITY_METHODS, morf={"steps": 5, "repeats": 1}, sanity=True
+        )
+        plain = client.score(image, method="saliency", morf={"steps": 5, "repeats": 1})
+    assert all(not r.error for r in cmp.results)
+    assert plain.randomisation is None
+    paths = write_outputs(cmp, tmp_path)
+    data = json.loads(paths["json"].read_text())
+    curves = data["randomisation"]
+    assert set(curves) == set(SANITY_METHODS)
+    for method, curve in curves.items():
+        assert curve["depths"] == [1, 2, 3, 4, 5, 6, 7]  # the demo model's 7 weighted layers
+        assert curve["layers"][0].endswith("(Gemm)") and curve["full_randomisation"]
+        assert curve["summary"] == curve["spearman_abs"][-1]
+        assert curve["model_sensitivity"] == pytest.approx(1.0 - curve["summary"])
+        entry = next(e for e in data["methods"] if e["method"] == method)
+        assert entry["model_sensitivity"] == pytest.approx(curve["model_sensitivity"])
+
+    # the plot: one line per method, from the original model down to full randomisation
+    fig = cmp.randomisation_figure()
+    lines = fig.axes[0].get_lines()
+    assert [line.get_label() for line in lines if not line.get_label().startswith("_")] == (
+        SANITY_METHODS
+    )
+    assert all(len(line.get_xdata()) == 8 for line in lines[:2])
+    assert paths["randomisation"].stat().st_size > 1000
+
+    # the HTML page carries the plot and the column
+    tree = StrictTree()
+    tree.feed(paths["html"].read_text())
+    assert "randomisation" in tree.ids
+    assert "model sensitivity" in paths["html"].read_text()
+    for method in SANITY_METHODS:
+        assert f"{curves[method]['model_sensitivity']:.4f}" in tree.rows[method]
+
+
+def test_cli_compare_sanity_image_and_folder(demo_server, sample, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    _, port = demo_server
+    image, _ = sample
+    Image.fromarray(image).save(tmp_path / "img.png")
+    common = ["--server", f"127.0.0.1:{port}", "--steps", "5", "--repeats", "1"]
+    common += ["--timeout", "300", "--sanity", "--sanity-stops", "3"]
+    code = main(
+        [
+            "compare",
+            str(tmp_path / "img.png"),
+            "--methods",
+            "saliency",
+            *common,
+            "--out",
+            str(tmp_path / "one"),
+        ]
+    )
+    assert code == 0
+    numbers = json.loads((tmp_path / "one" / "compare.json").read_text())
+    assert numbers["randomisation"]["saliency"]["depths"] == [1, 4, 7]
+    assert (tmp_path / "one" / "randomisation.png").stat().st_size > 1000
+
+    folder = save_folder(heldout(2), tmp_path / "data")
+    code = main(
+        [
+            "compare",
+            "--dir",
+            str(folder),
+            "--methods",
+            "saliency",
+            *common,
+            "--out",
+            str(tmp_path / "many"),
+        ]
+    )
+    assert code == 0
+    result = json.loads((tmp_path / "many" / "aggregate.json").read_text())
+    curve = result["randomisation"]["methods"]["saliency"]
+    assert curve["images"] == 2 and curve["depths"] == [1, 4, 7]
+    assert (tmp_path / "many" / "randomisation.png").stat().st_size > 1000

@@ -301,6 +301,7 @@ class AsyncExplainClient:
         morf: Mapping[str, Any] | None = None,
         mask: Any = None,
         hull_keep_fraction: float | None = None,
+        randomisation: Mapping[str, Any] | None = None,
         version: str = "",
         timeout: Timeout = DEFAULT,
     ) -> ScoreResult:
@@ -316,6 +317,7 @@ class AsyncExplainClient:
             morf=morf,
             mask=mask,
             hull_keep_fraction=hull_keep_fraction,
+            randomisation=randomisation,
         )
         return ScoreResult.from_proto(await self._unary(self._stub.Score, request, timeout))
 
@@ -330,11 +332,14 @@ class AsyncExplainClient:
         morf: Mapping[str, Any] | None = None,
         dataset: str = "",
         limit: int | None = None,
+        randomisation: Mapping[str, Any] | None = None,
         version: str = "",
         timeout: Timeout = DEFAULT,
     ) -> Operation:
         """Start evaluating ``methods`` over labelled images; returns the operation."""
-        config = evaluate_config(await self._model(model), version, methods, morf, dataset, limit)
+        config = evaluate_config(
+            await self._model(model), version, methods, morf, dataset, limit, randomisation
+        )
         requests = evaluate_requests(config, items)
         return Operation.from_proto(
             await self._unary(self._stub.EvaluateDataset, requests, timeout)

@@ -196,6 +196,7 @@ def score_request(
     morf: Mapping[str, Any] | None = None,
     mask: Any = None,
     hull_keep_fraction: float | None = None,
+    randomisation: Mapping[str, Any] | None = None,
 ) -> pb.ScoreRequest:
     if (heatmap is None) == (method is None):
         raise InvalidArgument("score needs exactly one of heatmap= or method=")
@@ -209,6 +210,9 @@ def score_request(
         request.mask.CopyFrom(array_to_tensor(np.asarray(mask).astype(np.uint8)))
     if hull_keep_fraction is not None:
         request.hull_keep_fraction = hull_keep_fraction
+    if randomisation is not None:
+        request.randomisation.SetInParent()
+        parse_into(request.randomisation, randomisation, "randomisation")
     return _with_refs(request, target=class_ref(target, "target"))
 
 
@@ -235,6 +239,7 @@ def evaluate_config(
     morf: Mapping[str, Any] | None,
     dataset: str,
     limit: int | None,
+    randomisation: Mapping[str, Any] | None = None,
 ) -> pb.EvaluateDatasetConfig:
     chosen = methods.items() if isinstance(methods, Mapping) else [(m, {}) for m in methods]
     config = pb.EvaluateDatasetConfig(
@@ -246,6 +251,9 @@ def evaluate_config(
     parse_into(config.morf, morf, "morf")
     if limit is not None:
         config.limit = limit
+    if randomisation is not None:
+        config.randomisation.SetInParent()
+        parse_into(config.randomisation, randomisation, "randomisation")
     return config
 
 

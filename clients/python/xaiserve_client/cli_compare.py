@@ -17,6 +17,7 @@ from xaiserve_client.compare import (
     write_outputs,
 )
 from xaiserve_client.images import PLOT_EXTRA_HINT, plotting_available
+from xaiserve_client.sanity import Randomisation, randomisation_figure
 
 if TYPE_CHECKING:
     from xaiserve_client.client import ExplainClient
@@ -42,6 +43,18 @@ def add_compare_parser(sub: Any, parent: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=int, help="MoRF steps L (default 100)")
     p.add_argument("--repeats", type=int, help="MoRF random draws (default 10)")
     p.add_argument("--limit", type=int, help="--dir: at most this many images")
+    p.add_argument(
+        "--sanity",
+        action="store_true",
+        help="add each method's model-parameter randomisation test (Adebayo et al. 2018): "
+        "a 'model sensitivity' column and randomisation.png (similarity vs randomised depth)",
+    )
+    p.add_argument(
+        "--sanity-stops",
+        type=int,
+        help="--sanity: layer stops (default: every weighted layer up to 20, else 10)",
+    )
+    p.add_argument("--sanity-seed", type=int, help="--sanity: re-initialisation seed (default 0)")
     p.add_argument("--out", type=Path, default=Path("compare-output"), help="output folder")
     p.set_defaults(handler=cmd_compare)
 
@@ -50,6 +63,13 @@ def _class(value: str | None) -> int | str | None:
     if value is None:
         return None
     return int(value) if value.isdigit() else value
+
+
+def _randomisation(args: argparse.Namespace) -> dict[str, int] | None:
+    if not args.sanity:
+        return None
+    options = {"stops": args.sanity_stops, "seed": args.sanity_seed}
+    return {k: v for k, v in options.items() if v is not None}
 
 
 def cmd_compare(args: argparse.Namespace, client: ExplainClient) -> int:
@@ -69,6 +89,8 @@ def cmd_compare(args: argparse.Namespace, client: ExplainClient) -> int:
         mask=args.mask,
         morf=morf or None,
         progress=lambda m: print(f"  {m} …", file=sys.stderr, flush=True),
+        sanity=args.sanity,
+        randomisation=_randomisation(args),
     )
     paths = write_outputs(comparison, args.out)
     if "png" not in paths:
@@ -80,16 +102,21 @@ def cmd_compare(args: argparse.Namespace, client: ExplainClient) -> int:
         f"{comparison.model} v{comparison.version}: target "
         f"{comparison.target.label if comparison.target else '?'}"
     )
-    print(f"{'method':34} {'AOPC':>7} {'Δrandom':>8} {'μ':>6} {'seconds':>8}")
+    sanity = "  model sensitivity" if args.sanity else ""
+    print(f"{'method':34} {'AOPC':>7} {'Δrandom':>8} {'μ':>6} {'seconds':>8}{sanity}")
     for r in comparison.results:
         if r.error:
             print(f"{r.method:34} {r.error}")
             continue
         s = r.score
         mu = s.localisation.mu if s is not None and s.localisation is not None else float("nan")
+        sensitivity = ""
+        if s is not None and s.randomisation is not None:
+            sensitivity = f" {s.randomisation.model_sensitivity:18.3f}"
         print(
             f"{r.method:34} {s.aopc_morf if s else float('nan'):7.3f} "
             f"{s.aopc_morf_minus_random if s else float('nan'):+8.3f} {mu:6.3f} {r.seconds:8.2f}"
+            f"{sensitivity}"
         )
     for kind, path in paths.items():
         print(f"{kind}: {path}")
@@ -111,6 +138,7 @@ def _compare_folder(args: argparse.Namespace, client: ExplainClient, morf: dict[
         methods={m: DEFAULT_PARAMS.get(m, {}) for m in methods},
         morf=morf or None,
         limit=args.limit,
+        randomisation=_randomisation(args),
         timeout=None,
     )
     operation = _follow(client, operation)
@@ -121,6 +149,7 @@ def _compare_folder(args: argparse.Namespace, client: ExplainClient, morf: dict[
     print("\n".join(lines))
     names = ["aggregate.csv", "aggregate.md", "aggregate.json"]
     names += ["aopc_curves.png"] if plotting_available() else []
+    names += ["randomisation.png"] if plotting_available() and args.sanity else []
     print(f"written: {args.out}/" + ", ".join(names))
     return 0
 
@@ -143,6 +172,20 @@ def write_aggregate(result: dict[str, Any], out: Path) -> list[str]:
         curves.savefig(out / "aopc_curves.png")
     else:
         print(f"no aopc_curves.png: it needs matplotlib ({PLOT_EXTRA_HINT})", file=sys.stderr)
+    sanity = result.get("randomisation")
+    if sanity:
+        sanity_curves = {
+            name: Randomisation.from_dict(data, int(sanity.get("seed", 0)))
+            for name, data in sanity.get("methods", {}).items()
+        }
+        lines += ["", "| method | images | ρ at full randomisation | model sensitivity |"]
+        lines += ["|---|---|---|---|"]
+        lines += [
+            f"| {name} | {c.images} | {c.summary:.4f} | {c.model_sensitivity:.4f} |"
+            for name, c in sanity_curves.items()
+        ]
+        if plotting_available() and sanity_curves:
+            randomisation_figure(sanity_curves).savefig(out / "randomisation.png")
     (out / "aggregate.json").write_text(json.dumps(result, indent=2), encoding="utf-8")
     return lines
 

@@ -350,6 +350,7 @@ class ExplainClient:
         morf: Mapping[str, Any] | None = None,
         mask: Any = None,
         hull_keep_fraction: float | None = None,
+        randomisation: Mapping[str, Any] | None = None,
         version: str = "",
         timeout: Timeout = DEFAULT,
     ) -> ScoreResult:
@@ -358,7 +359,9 @@ class ExplainClient:
         Pass either ``heatmap`` (an ``(H, W)`` array on the model's grid, from any source) or
         ``method`` (with ``params``) to compute it in the call. ``morf`` sets the perturbation
         (``window``, ``steps``, ``fill``, ``repeats``, ``seed``, ``lerf``, ``random_baseline``);
-        ``mask`` (``(H, W)`` bool) adds localisation metrics.
+        ``mask`` (``(H, W)`` bool) adds localisation metrics. ``randomisation`` (a mapping, ``{}``
+        for the defaults; keys ``stops``, ``seed``) adds the model-parameter randomisation test
+        of ``method`` (Adebayo et al. 2018): ``result.randomisation``.
         """
         request = score_request(
             image,
@@ -371,6 +374,7 @@ class ExplainClient:
             morf=morf,
             mask=mask,
             hull_keep_fraction=hull_keep_fraction,
+            randomisation=randomisation,
         )
         return ScoreResult.from_proto(self._unary(self._stub.Score, request, timeout))
 
@@ -385,6 +389,7 @@ class ExplainClient:
         morf: Mapping[str, Any] | None = None,
         dataset: str = "",
         limit: int | None = None,
+        randomisation: Mapping[str, Any] | None = None,
         version: str = "",
         timeout: Timeout = DEFAULT,
     ) -> Operation:
@@ -392,9 +397,13 @@ class ExplainClient:
 
         Stream ``items`` (see :data:`LabelledInput`), or name a server-side ``dataset`` folder.
         ``methods`` is a list of names or a mapping name → params. Follow progress with
-        :meth:`watch_operation` or :meth:`wait_operation`.
+        :meth:`watch_operation` or :meth:`wait_operation`. ``randomisation`` (``{}`` for the
+        defaults) adds each method's randomisation test, averaged per stop (the result's
+        ``randomisation`` key).
         """
-        config = evaluate_config(self._model(model), version, methods, morf, dataset, limit)
+        config = evaluate_config(
+            self._model(model), version, methods, morf, dataset, limit, randomisation
+        )
         requests = evaluate_requests(config, items)
         return Operation.from_proto(self._unary(self._stub.EvaluateDataset, requests, timeout))
 

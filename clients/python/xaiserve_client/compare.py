@@ -32,6 +32,7 @@ from xaiserve_client.images import (
     plotting_available,
     require_plot,
 )
+from xaiserve_client.sanity import Randomisation, randomisation_figure
 from xaiserve_client.types import ClassScore, Explanation, ScoreResult
 
 if TYPE_CHECKING:
@@ -97,6 +98,11 @@ class MethodResult:
                 out.update(mu=s.localisation.mu, mu_weighted=s.localisation.mu_weighted)
             if s.complexity is not None:
                 out.update(complexity=dict(s.complexity))
+            if s.randomisation is not None:
+                out.update(
+                    randomisation_summary=s.randomisation.summary,
+                    model_sensitivity=s.randomisation.model_sensitivity,
+                )
         return out
 
 
@@ -117,8 +123,18 @@ class Comparison:
     def succeeded(self) -> list[MethodResult]:
         return [r for r in self.results if r.explanation is not None]
 
+    @property
+    def randomisation(self) -> dict[str, Randomisation]:
+        """Each method's randomisation test (``compare(..., sanity=True)``), by method."""
+        return {
+            r.method: r.score.randomisation
+            for r in self.results
+            if r.score is not None and r.score.randomisation is not None
+        }
+
     # -- numbers ---------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
+        sanity = self.randomisation
         return {
             "model": self.model,
             "version": self.version,
@@ -128,6 +144,7 @@ class Comparison:
             "contrast": None if self.contrast is None else self.contrast.label,
             "mask": self.mask is not None,
             "methods": [r.figures() for r in self.results],
+            **({"randomisation": {k: v.as_dict() for k, v in sanity.items()}} if sanity else {}),
         }
 
     def save_json(self, path: str | Path) -> Path:
@@ -159,6 +176,13 @@ class Comparison:
         fig.suptitle(f"{self.model} v{self.version}", fontsize=11)
         fig.tight_layout()
         return fig
+
+    def randomisation_figure(self, metric: str = "spearman_abs") -> Figure:
+        """Similarity against randomised depth, one line per method (Adebayo et al. Fig. 2)."""
+        require_plot("Comparison.randomisation_figure")
+        if not self.randomisation:
+            raise ValueError("no randomisation test in this comparison: compare(..., sanity=True)")
+        return randomisation_figure(self.randomisation, metric)
 
     def save_png(self, path: str | Path, dpi: int = 100) -> Path:
         out = Path(path)
@@ -198,6 +222,17 @@ class Comparison:
         parts.append(_img_tag(_png_of(self.figure()), "comparison grid", "grid"))
         parts.append("<h2>Figures</h2>")
         parts.append(self._table_html())
+        if self.randomisation:
+            parts.append("<h2>Model-parameter randomisation (Adebayo et al. 2018)</h2>")
+            parts.append(
+                "<p>Each method explained again on copies of the model whose weighted layers "
+                "are re-initialised from the logits down; the similarity (Spearman ρ of |maps|) "
+                "to the original map should fall. Model sensitivity = 1 − ρ at full "
+                "randomisation: near 0, the map does not depend on the model.</p>"
+            )
+            parts.append(
+                _img_tag(_png_of(self.randomisation_figure()), "randomisation", "randomisation")
+            )
         scales = self._scale_maps_html()
         if scales:
             parts.append("<h2>Regional prediction difference per scale</h2>")
@@ -230,6 +265,9 @@ class Comparison:
             "forward passes",
             "seconds",
         ]
+        sanity = bool(self.randomisation)
+        if sanity:
+            header.append("model sensitivity")
         rows = ['<table id="figures">', "<tr>" + "".join(f"<th>{h}</th>" for h in header) + "</tr>"]
         for r in self.succeeded:
             f = r.figures()
@@ -244,6 +282,8 @@ class Comparison:
                 str(f.get("forward_passes", "")),
                 _fmt(r.seconds),
             ]
+            if sanity:
+                cells.append(_fmt(f.get("model_sensitivity")))
             rows.append(
                 f'<tr data-method="{html.escape(r.method)}">'
                 + "".join(f"<td>{c}</td>" for c in cells)
@@ -310,10 +350,18 @@ def compare(
     mask: Any = None,
     morf: Mapping[str, Any] | None = None,
     progress: Any = None,
+    sanity: bool = False,
+    randomisation: Mapping[str, Any] | None = None,
 ) -> Comparison:
     """Explain ``image`` with every chosen method (default: all the model supports) and score
     each heatmap with MoRF/AOPC (and μ when ``mask`` is given). ``progress`` is an optional
-    callable ``progress(method_name)`` called before each method."""
+    callable ``progress(method_name)`` called before each method.
+
+    ``sanity=True`` adds each method's model-parameter randomisation test (Adebayo et al.
+    2018): the server scores the method's own map (same parameters and seed) and explains the
+    image again on every randomised variant of the model. ``randomisation`` sets its options
+    (``stops``, ``seed``). The figures are in ``Comparison.randomisation``, the JSON's
+    ``randomisation`` key, the "model sensitivity" column and ``randomisation_figure()``."""
     info = client.get_model(model) if model else client.list_models()[0]
     name = info.name
     ready = next(
@@ -357,15 +405,30 @@ def compare(
         target_score = target_score or explanation.target
         contrast_score = contrast_score or explanation.contrast
         try:
-            score = client.score(
-                grid,
-                name,
-                version=ready.version,
-                heatmap=explanation.heatmap,
-                target=explanation.target.index,
-                morf=morf,
-                mask=mask_arr,
-            )
+            if sanity:
+                # the server recomputes the same map (same parameters and seed) and runs the
+                # method on every randomised variant of the model
+                score = client.score(
+                    grid,
+                    name,
+                    version=ready.version,
+                    method=method,
+                    params=_replayable(params.get(method, {}), explanation),
+                    target=explanation.target.index,
+                    morf=morf,
+                    mask=mask_arr,
+                    randomisation=dict(randomisation or {}),
+                )
+            else:
+                score = client.score(
+                    grid,
+                    name,
+                    version=ready.version,
+                    heatmap=explanation.heatmap,
+                    target=explanation.target.index,
+                    morf=morf,
+                    mask=mask_arr,
+                )
             results.append(MethodResult(method, explanation, score, seconds))
         except XaiserveError as exc:
             results.append(
@@ -384,6 +447,16 @@ def compare(
     )
 
 
+def _replayable(requested: Mapping[str, Any], explanation: Explanation) -> dict[str, Any]:
+    """The requested parameters, plus the seed the server drew for the explanation (so that a
+    stochastic method gives the same map again)."""
+    out = dict(requested)
+    seed = explanation.provenance.get("seed")
+    if seed is not None and "seed" in explanation.provenance.get("parameters", {}):
+        out.setdefault("seed", int(seed))
+    return out
+
+
 def write_outputs(
     comparison: Comparison, out_dir: str | Path, stem: str = "compare"
 ) -> dict[str, Path]:
@@ -395,6 +468,10 @@ def write_outputs(
     if plotting_available():
         written["png"] = comparison.save_png(folder / f"{stem}.png")
         written["html"] = comparison.to_html(folder / f"{stem}.html")
+        if comparison.randomisation:
+            path = folder / "randomisation.png"
+            comparison.randomisation_figure().savefig(path, format="png")
+            written["randomisation"] = path
     return written
 
 

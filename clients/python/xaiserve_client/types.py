@@ -19,6 +19,7 @@ from google.protobuf import struct_pb2
 from numpy.typing import NDArray
 
 from xaiserve_client.images import ImageInput, save_overlay, tensor_to_array
+from xaiserve_client.sanity import Randomisation
 from xaiserve_client.v1 import explain_pb2 as pb
 
 FloatArray = NDArray[np.float64]
@@ -309,6 +310,7 @@ class ScoreResult:
     complexity: dict[str, float] | None = None
     convex_hull: dict[str, float] | None = None
     provenance: dict[str, Any] = field(default_factory=dict)
+    randomisation: Randomisation | None = None  # when asked (``score(..., randomisation=)``)
 
     @classmethod
     def from_proto(cls, message: pb.ScoreResponse) -> ScoreResult:
@@ -351,6 +353,11 @@ class ScoreResult:
                 else None
             ),
             provenance=provenance_dict(message.provenance),
+            randomisation=(
+                Randomisation.from_proto(message.randomisation)
+                if message.HasField("randomisation")
+                else None
+            ),
         )
 
 
