@@ -137,6 +137,7 @@ class RandomisedModel(Model):
             # so a variant holds one copy of the weights (concurrent tests of one variant
             # wait for it, up to the pool's timeout).
             torch_copies=1,
+            torch_batch_bytes=base.torch_batch_bytes,
         )
 
     @property
@@ -385,8 +386,15 @@ def randomisation_test(
         try:
             for variant in variants.variants:
                 ctx.check()
-                with _quiet_numpy():
-                    heatmap = np.asarray(spec.explain(variant, image, target, params).heatmap)
+                try:
+                    with _quiet_numpy():
+                        explained = spec.explain(variant, image, target, params)
+                    heatmap = np.asarray(explained.heatmap)
+                except FailedPrecondition as exc:
+                    if "non-finite" not in str(exc):
+                        raise
+                    # a randomised network overflowed: no map, so no similarity (NaN)
+                    heatmap = np.full(base_map.shape, np.nan, np.float32)
                 pending.append(pool.submit(reference.similarity, heatmap))
             sims = [f.result() for f in pending]
         finally:
