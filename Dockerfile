@@ -105,8 +105,8 @@ RUN set -eux; \
     groupadd --system --gid 10001 xaiserve; \
     useradd --system --uid 10001 --gid 10001 --home-dir /tmp --no-create-home \
         --shell /usr/sbin/nologin xaiserve; \
-    mkdir -p /models /var/lib/xaiserve/operations /opt/xaiserve; \
-    chown -R 10001:10001 /var/lib/xaiserve
+    mkdir -p /models /var/lib/xaiserve /artifacts /opt/xaiserve; \
+    chown -R 10001:10001 /var/lib/xaiserve /artifacts
 
 COPY --from=builder /opt/venv /opt/venv
 COPY --chmod=0755 docker/entrypoint.sh /usr/local/bin/xaiserve-entrypoint
@@ -128,9 +128,12 @@ ENV PATH=/opt/venv/bin:$PATH \
     XAISERVE_PORT=50051 \
     XAISERVE_METRICS_PORT=9464 \
     XAISERVE_MODELS_DIR=/models \
-    XAISERVE_OPERATIONS_DIR=/var/lib/xaiserve/operations
+    XAISERVE_DATA_DIR=/var/lib/xaiserve \
+    XAISERVE_ARTIFACTS=/artifacts
 
-VOLUME ["/models", "/var/lib/xaiserve"]
+# /var/lib/xaiserve: the SQLite state store of a single container (a fleet sets
+# XAISERVE_STATE_URL=postgresql://…); /artifacts: support sets and reports (writable).
+VOLUME ["/models", "/var/lib/xaiserve", "/artifacts"]
 EXPOSE 50051 9464
 USER 10001:10001
 WORKDIR /tmp

@@ -37,10 +37,12 @@ fi
 if [ ! -d "$XAISERVE_MODELS_DIR" ]; then
     echo "xaiserve-entrypoint: warning: model repository $XAISERVE_MODELS_DIR is not a directory" >&2
 fi
-if [ -n "${XAISERVE_OPERATIONS_DIR:-}" ]; then
-    mkdir -p "$XAISERVE_OPERATIONS_DIR" 2>/dev/null || \
-        echo "xaiserve-entrypoint: warning: cannot create $XAISERVE_OPERATIONS_DIR" >&2
-fi
+for dir in "${XAISERVE_DATA_DIR:-}" "${XAISERVE_ARTIFACTS:-}"; do
+    if [ -n "$dir" ]; then
+        mkdir -p "$dir" 2>/dev/null || \
+            echo "xaiserve-entrypoint: warning: cannot create $dir" >&2
+    fi
+done
 
 exec "$XAISERVE_BIN" serve \
     --host "$XAISERVE_HOST" \

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -11,6 +14,11 @@ import numpy as np
 import pytest
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# Servers built from default Settings keep their state store and artifacts under the default
+# data directory ($XDG_DATA_HOME/xaiserve): a throw-away folder for this test run.
+_DATA_HOME = tempfile.mkdtemp(prefix="xaiserve-tests-")
+os.environ["XDG_DATA_HOME"] = _DATA_HOME
+atexit.register(shutil.rmtree, _DATA_HOME, True)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEMO_MODEL_DIR = REPO_ROOT / "models"
@@ -19,6 +27,15 @@ DEMO_MODEL_DIR = REPO_ROOT / "models"
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Run the slow end-to-end checks (marked ``slow``) after everything else."""
     items.sort(key=lambda item: item.get_closest_marker("slow") is not None)
+
+
+@pytest.fixture(autouse=True)
+def _private_data_dir(
+    monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """Each test's servers get their own default data directory (state store + artifacts):
+    two servers sharing one would form a fleet and run each other's operations."""
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path_factory.mktemp("data-home")))
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -58,6 +75,7 @@ def start_server(tmp_path: Path) -> Iterator[ServerFactory]:
             port=0,
             metrics_port=0,
             models_dir=str(models_dir if models_dir is not None else tmp_path / "repo"),
+            data_dir=str(tmp_path / f"data-{len(started)}"),
             log_format="text",
             warmup=False,  # the suite starts many servers; tests/unit/test_gpu_path.py covers it
         ).replace(**overrides)

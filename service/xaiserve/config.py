@@ -18,6 +18,12 @@ DEFAULT_PORT = 50051
 DEFAULT_METRICS_PORT = 9464
 
 
+def _default_data_dir() -> str:
+    """``$XDG_DATA_HOME/xaiserve`` (``~/.local/share/xaiserve``)."""
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return str(Path(base) / "xaiserve")
+
+
 #: Where an installed server (a wheel, the Docker image) looks for models when neither
 #: ``XAISERVE_MODELS_DIR`` nor ``--models`` names a repository: the image's volume.
 INSTALLED_MODELS_DIR = "/models"
@@ -83,7 +89,6 @@ class Settings:
     tls_key: str = ""
     tls_client_ca: str = ""  # set → mutual TLS (client certificates required)
     auth_tokens_file: str = ""  # one bearer token per line; set → auth required
-    operations_dir: str = ""  # where long-running operations persist ("" = in memory only)
     datasets_dir: str = ""  # server-side data-set folders for EvaluateDataset/FitGad ("" = none)
     segmentation_cache_bytes: int = 256 * 1024 * 1024  # LRU bound of the label cache; 0 = off
     segmentation_workers: int = 0  # threads that segment; 0 = half the cores (at least 1)
@@ -91,6 +96,17 @@ class Settings:
     otlp_endpoint: str = ""  # OpenTelemetry traces over OTLP/gRPC to this URL ("" = tracing off)
     trace_sample_ratio: float = 1.0  # fraction of new traces sampled (a caller's decision wins)
     warmup: bool = True  # at load: forward passes at batch 1 and max_batch_size, torch pool built
+    # -- fleet: shared state, chunked work, artifacts (README "Running a fleet") --
+    data_dir: str = field(default_factory=_default_data_dir)  # SQLite state + default artifacts
+    state_url: str = ""  # postgresql://… for a fleet; "" = SQLite file <data_dir>/state.db
+    artifacts: str = ""  # writable artifact location; "" = <data_dir>/artifacts
+    operation_workers: int = 2  # chunk workers of this replica (0 = this replica runs no chunks)
+    chunk_items: int = 8  # images per data-set evaluation chunk
+    lease_seconds: float = 30.0  # a chunk whose worker stopped heartbeating is re-claimed after this
+    max_active_operations: int = 16  # pending + running operations, fleet-wide
+    operations_retention_count: int = 10_000  # ended operations kept (newest first); 0 = no limit
+    operations_retention_days: float = 30.0  # ended operations older than this are deleted; 0 = keep
+    admin_tokens_file: str = ""  # tokens (one per line) that see every caller's operations
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -125,6 +141,8 @@ class Settings:
             "max_request_bytes",
             "memory_budget_bytes",
             "torch_batch_bytes",
+            "chunk_items",
+            "max_active_operations",
         ):
             if getattr(self, name) < 1:
                 raise ValueError(f"setting {name} must be at least 1")
@@ -134,6 +152,17 @@ class Settings:
             raise ValueError("setting max_image_pixels must be 0 (auto) or positive")
         if self.max_request_bytes > self.memory_budget_bytes:
             raise ValueError("setting max_request_bytes must not exceed memory_budget_bytes")
+        for name in ("operation_workers", "operations_retention_count"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"setting {name} must be at least 0")
+        if not self.lease_seconds >= 1.0:
+            raise ValueError("setting lease_seconds must be at least 1")
+        if not self.operations_retention_days >= 0:
+            raise ValueError("setting operations_retention_days must be at least 0 (0 = keep)")
+        if self.state_url and not self.state_url.startswith(
+            ("postgresql://", "postgres://", "sqlite://")
+        ):
+            raise ValueError("setting state_url must be postgresql://… or sqlite:///path")
         if self.max_rpcs and self.max_rpcs < self.max_concurrent_requests:
             raise ValueError(
                 "setting max_rpcs must be 0 (auto) or at least max_concurrent_requests"
@@ -165,6 +194,11 @@ class Settings:
         """gRPC handler threads: ``worker_threads``, or every admission slot plus spare
         threads that answer refusals quickly."""
         return self.worker_threads or self.admission_slots + 16
+
+    @property
+    def artifacts_root(self) -> str:
+        """The artifact location: ``artifacts``, or ``<data_dir>/artifacts``."""
+        return self.artifacts or str(Path(self.data_dir) / "artifacts")
 
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)

@@ -257,8 +257,33 @@ class Metrics:
         )
         self.operations = Gauge(
             "operations",
-            "Long-running operations by kind and state.",
+            "Long-running operations by kind and state, fleet-wide (read from the state store).",
             ["kind", "state"],
+            namespace=NAMESPACE,
+            registry=r,
+        )
+        self.operations_stored = Gauge(
+            "operations_stored",
+            "Operation records in the state store, fleet-wide (bounded by retention).",
+            namespace=NAMESPACE,
+            registry=r,
+        )
+        self.chunks_pending = Gauge(
+            "operation_chunks_pending",
+            "Chunks of running operations not yet done, fleet-wide (the HPA scales on it).",
+            namespace=NAMESPACE,
+            registry=r,
+        )
+        self.chunks_total = Counter(
+            "operation_chunks",
+            "Chunks this replica ran, by outcome (done, cancelled, failed).",
+            ["outcome"],
+            namespace=NAMESPACE,
+            registry=r,
+        )
+        self.state_store_up = Gauge(
+            "state_store_up",
+            "1 when this replica reached the state store at its last attempt, else 0.",
             namespace=NAMESPACE,
             registry=r,
         )

@@ -414,11 +414,10 @@ def test_selectors_and_references_resolve(rendered, overlay):
     assert "replicas" not in deployment["spec"], "the HPA owns the replica count"
 
     pod = deployment["spec"]["template"]["spec"]
-    claim = next(v for v in pod["volumes"] if "persistentVolumeClaim" in v)
-    assert (
-        claim["persistentVolumeClaim"]["claimName"]
-        == one(objects, "PersistentVolumeClaim")["metadata"]["name"]
-    )
+    claims = {
+        v["persistentVolumeClaim"]["claimName"] for v in pod["volumes"] if "persistentVolumeClaim" in v
+    }
+    assert claims == {o["metadata"]["name"] for o in objects if o["kind"] == "PersistentVolumeClaim"}
     refs = [e["configMapRef"]["name"] for e in server_container(objects).get("envFrom", [])]
     assert refs == [one(objects, "ConfigMap")["metadata"]["name"]]
 
@@ -454,9 +453,7 @@ def test_env_is_only_real_settings_and_parses(rendered, overlay):
     assert settings.reflection is False
     mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
     assert mounts[settings.models_dir].get("readOnly") is True
-    assert any(
-        settings.operations_dir.startswith(path + "/") for path in mounts if path != "/models"
-    )
+    assert settings.data_dir in mounts and settings.artifacts_root in mounts
     # a Service named "xaiserve" would inject XAISERVE_PORT=tcp://... into the environment
     assert one(objects, "Deployment")["spec"]["template"]["spec"]["enableServiceLinks"] is False
 
@@ -597,9 +594,11 @@ def test_gpu_latency_alert_patched_and_alerts_file_current(rendered):
 def test_hpa_scales_on_exported_gauge_with_cpu_fallback(rendered, overlay):
     hpa = one(rendered[overlay], "HorizontalPodAutoscaler")
     kinds = {m["type"]: m for m in hpa["spec"]["metrics"]}
-    assert set(kinds) == {"Pods", "Resource"}
+    assert set(kinds) == {"Pods", "External", "Resource"}
     metric = kinds["Pods"]["pods"]["metric"]["name"]
     assert metric in SERIES and FAMILIES[SERIES[metric]][0] == "gauge"
+    external = kinds["External"]["external"]["metric"]["name"]  # fleet-wide pending chunks
+    assert external in SERIES and FAMILIES[SERIES[external]][0] == "gauge"
     assert kinds["Resource"]["resource"]["name"] == "cpu"
     adapter = yaml.safe_load((DEPLOY / "prometheus-adapter" / "rules.yaml").read_text())
     served = {}
@@ -609,6 +608,10 @@ def test_hpa_scales_on_exported_gauge_with_cpu_fallback(rendered, overlay):
         assert re.fullmatch(rule["name"]["matches"], rule["name"]["as"])
         assert rule["resources"]["overrides"]["pod"] == {"resource": "pod"}
     assert metric in served, f"the adapter does not serve {metric}"
+    for rule in adapter["externalRules"]:
+        check_promql(rule["seriesQuery"], "prometheus-adapter external seriesQuery")
+        assert re.fullmatch(rule["name"]["matches"], rule["name"]["as"])
+    assert external in {r["name"]["as"] for r in adapter["externalRules"]}
 
 
 def test_dashboard_panels_cover_the_server_metrics():
@@ -901,14 +904,16 @@ def test_entrypoint_defaults_exec_serve_with_flags(fake_path, tmp_path):
 
 
 def test_entrypoint_reads_settings_from_env_and_passes_extra_args(fake_path, tmp_path):
-    ops = tmp_path / "ops" / "nested"
+    data = tmp_path / "data" / "nested"
+    artifacts = tmp_path / "artifacts" / "nested"
     env = {
         "XAISERVE_HOST": "127.0.0.1",
         "XAISERVE_PORT": "6000",
         "XAISERVE_METRICS_PORT": "0",
         "XAISERVE_MODELS_DIR": str(tmp_path),
         "XAISERVE_DRAIN_SECONDS": "7",
-        "XAISERVE_OPERATIONS_DIR": str(ops),
+        "XAISERVE_DATA_DIR": str(data),
+        "XAISERVE_ARTIFACTS": str(artifacts),
     }
     argv, environ, _ = run_entrypoint(
         fake_path, ["serve", "--models", "/elsewhere", "--verbose"], env
@@ -928,7 +933,7 @@ def test_entrypoint_reads_settings_from_env_and_passes_extra_args(fake_path, tmp
         "--verbose",
     ]
     assert environ["XAISERVE_DRAIN_SECONDS"] == "7"  # the environment reaches the server unchanged
-    assert ops.is_dir()
+    assert data.is_dir() and artifacts.is_dir()
     argv_flags, _, _ = run_entrypoint(fake_path, ["--port", "7000"], env)
     assert argv_flags[0] == "serve" and argv_flags[-2:] == ["--port", "7000"]
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import io
 import shutil
+import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -40,7 +41,9 @@ from PIL import Image
 
 from xaiserve.config import Settings
 from xaiserve.demo import shapes
+from xaiserve.imaging.decode import ImageLimits
 from xaiserve.jobs.datasets import DatasetItem
+from xaiserve.jobs.fleet import Fleet
 from xaiserve.jobs.gad_fitting import GadFitConfig, fit_support_set, modified_targets, run_gad_fit
 from xaiserve.jobs.operations import OperationStore
 from xaiserve.methods.base import Target
@@ -74,7 +77,9 @@ fitting set has 60 images, not thousands (about 40 optimiser steps per α)."""
 
 
 def _repository(root: Path) -> ModelRepository:
-    return ModelRepository(root, Settings(models_dir=str(root)), Metrics(), ImageBudget(100_000))
+    # Artifacts beside the repository: every repository over it sees the same support sets.
+    settings = Settings(models_dir=str(root), artifacts=str(root.parent / "artifacts"))
+    return ModelRepository(root, settings, Metrics(), ImageBudget(100_000))
 
 
 def _load(root: Path) -> Model:
@@ -100,11 +105,11 @@ def fitted(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fitted]:
     data = shapes.generate(TRAIN_PER_CLASS * len(shapes.CLASS_NAMES), shapes.TRAIN_SEED)
     images, labels = data.images.astype(np.float32), data.labels
     ops = OperationStore(None, Metrics())
-    op = ops.start("fit_gad", lambda h: fit_support_set(model, images, labels, FIT, h).summary())
+    op = ops.start_local("fit_gad", lambda h: fit_support_set(model, images, labels, FIT, h).summary())
     done = ops.wait(op.id, 120)
     assert done.state == "SUCCEEDED", done.error_message
     assert done.result is not None
-    record = SupportSetStore(model.folder).get(done.result["id"])
+    record = SupportSetStore(model.artifact_folder).get(done.result["id"])
     print(
         f"\nGAD fit ({record.images} images, {FIT.epochs} epochs, {record.fit_seconds:.1f} s): "
         + ", ".join(
@@ -178,7 +183,7 @@ def test_rc_and_rs_on_heldout_images(fitted: Fitted) -> None:
 def test_a_restart_lists_the_finished_set(fitted: Fitted) -> None:
     fresh = _load(fitted.root)  # a new repository and Model object over the same folder
     try:
-        assert fitted.record.id in [r.id for r in SupportSetStore(fresh.folder).list_sets()]
+        assert fitted.record.id in [r.id for r in SupportSetStore(fresh.artifact_folder).list_sets()]
         image = shapes.heldout(1).images[0].astype(np.float32)
         params = GadParams(support_set=fitted.record.id)
         again = gad(fresh, image, Target(CLASS_A), params)
@@ -189,7 +194,7 @@ def test_a_restart_lists_the_finished_set(fitted: Fitted) -> None:
 
 
 def test_cancelling_the_operation_mid_fit_leaves_no_half_written_set(fitted: Fitted) -> None:
-    before = sorted(p.name for p in (fitted.model.folder / SUPPORT_SETS_DIR).iterdir())
+    before = sorted(p.name for p in (fitted.model.artifact_folder / SUPPORT_SETS_DIR).iterdir())
     data = shapes.generate(20, shapes.TRAIN_SEED, start=1000)
     items = [
         DatasetItem(str(i), partial(np.asarray, img, np.float32), int(label), None)
@@ -198,7 +203,7 @@ def test_cancelling_the_operation_mid_fit_leaves_no_half_written_set(fitted: Fit
     config = GadFitConfig(CLASS_A, CLASS_B, alphas=(2.0, 4.0), epochs=50, batch_size=2)
     ops = OperationStore(None, Metrics())
     try:
-        op = ops.start("fit_gad", lambda h: run_gad_fit(fitted.model, items, config, h))
+        op = ops.start_local("fit_gad", lambda h: run_gad_fit(fitted.model, items, config, h))
         deadline = time.monotonic() + 60
         while ops.get(op.id).progress.get("alpha") != 4.0:  # α = 2 is written, α = 4 running
             assert time.monotonic() < deadline and ops.get(op.id).state == "RUNNING"
@@ -208,9 +213,9 @@ def test_cancelling_the_operation_mid_fit_leaves_no_half_written_set(fitted: Fit
     finally:
         ops.shutdown()
     assert final.state == "CANCELLED" and final.result is None
-    after = sorted(p.name for p in (fitted.model.folder / SUPPORT_SETS_DIR).iterdir())
+    after = sorted(p.name for p in (fitted.model.artifact_folder / SUPPORT_SETS_DIR).iterdir())
     assert after == before
-    assert fitted.record.id in [r.id for r in SupportSetStore(fitted.model.folder).list_sets()]
+    assert fitted.record.id in [r.id for r in SupportSetStore(fitted.model.artifact_folder).list_sets()]
 
 
 # gradients._quiet() uses warnings.catch_warnings, which is not thread-safe: under concurrency
@@ -321,10 +326,20 @@ def test_fit_gad_request_validation_and_server_side_folder(fitted: Fitted, tmp_p
     from xaiserve.errors import InvalidInput, NotFound
 
     shapes.save_folder(shapes.generate(10, shapes.TRAIN_SEED, start=3000), tmp_path / "ds")
-    settings = Settings(models_dir=str(fitted.root), datasets_dir=str(tmp_path))
+    settings = Settings(
+        models_dir=str(fitted.root),
+        datasets_dir=str(tmp_path),
+        artifacts=str(fitted.root.parent / "artifacts"),
+        data_dir=str(tmp_path / "data"),
+    )
     repo = ModelRepository(fitted.root, settings, Metrics(), ImageBudget(100_000))
     assert repo.load_version("shapes", "1").model is not None
-    ops = OperationStore(None, Metrics())
+    fleet = Fleet(settings, Metrics(), repo, ImageLimits())
+    loaded = threading.Event()
+    loaded.set()
+    fleet.start(lambda: None, loaded)  # this process is a one-replica fleet: its workers fit
+    assert fleet.ready.wait(30)
+    ops = fleet.operations
     servicer = ExplainServicer(settings, repo, ops)
 
     def start_gad_fit(_: object, requests: Iterator[pb.FitGadRequest]) -> pb.Operation:
@@ -356,5 +371,5 @@ def test_fit_gad_request_validation_and_server_side_folder(fitted: Fitted, tmp_p
         assert final.result is not None and final.result["images"] == 4  # 2 circles, 2 squares
         assert final.result["alphas"] == [3.0]
     finally:
-        ops.shutdown()
+        fleet.stop()
         repo.close()

@@ -55,7 +55,7 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Model, str]
     data = shapes.generate(8 * len(shapes.CLASS_NAMES), shapes.TRAIN_SEED)
     fit = GadFitConfig(0, 1, epochs=1, batch_size=8, seed=0)
     ops = OperationStore(None, Metrics())
-    op = ops.start(
+    op = ops.start_local(
         "fit_gad",
         lambda h: fit_support_set(
             model, data.images.astype(np.float32), data.labels, fit, h

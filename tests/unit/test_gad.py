@@ -274,21 +274,21 @@ def test_cancelled_fit_leaves_no_half_written_set(tmp_path: Path) -> None:
     cfg = GadFitConfig(0, 1, alphas=(1.0, 2.0), epochs=200, batch_size=4, learning_rate=1e-3)
     ops = OperationStore(None, Metrics())
     try:
-        op = ops.start(
+        op = ops.start_local(
             "fit_gad", lambda h: fit_support_set(model, images, labels, cfg, h).summary()
         )
         deadline = time.monotonic() + 30
         while ops.get(op.id).done <= cfg.epochs + 2:  # into the second α: α = 1 is on disk
             assert time.monotonic() < deadline and ops.get(op.id).state == "RUNNING"
             time.sleep(0.01)
-        assert any((model.folder / SUPPORT_SETS_DIR).iterdir())  # the temporary folder
+        assert any((model.artifact_folder / SUPPORT_SETS_DIR).iterdir())  # the temporary folder
         ops.cancel(op.id)
         assert ops.wait(op.id, 30).state == "CANCELLED"
     finally:
         ops.shutdown()
         model.close()
-    assert list((model.folder / SUPPORT_SETS_DIR).iterdir()) == []
-    assert SupportSetStore(model.folder).list_sets() == []
+    assert list((model.artifact_folder / SUPPORT_SETS_DIR).iterdir()) == []
+    assert SupportSetStore(model.artifact_folder).list_sets() == []
 
 
 def test_fit_reduces_the_mse_to_the_modified_targets_and_gad_runs(tmp_path: Path) -> None:
@@ -297,13 +297,13 @@ def test_fit_reduces_the_mse_to_the_modified_targets_and_gad_runs(tmp_path: Path
     cfg = GadFitConfig(0, 1, alphas=(2.0, 4.0), epochs=40, batch_size=4, learning_rate=1e-2)
     ops = OperationStore(None, Metrics())
     try:
-        op = ops.start(
+        op = ops.start_local(
             "fit_gad", lambda h: fit_support_set(model, images, labels, cfg, h).summary()
         )
         done = ops.wait(op.id, 60)
         assert done.state == "SUCCEEDED", done.error_message
         assert done.result is not None and done.progress["alpha"] == 4.0
-        record = SupportSetStore(model.folder).get(done.result["id"])
+        record = SupportSetStore(model.artifact_folder).get(done.result["id"])
         assert record.images == 16 and (record.images_a, record.images_b) == (8, 8)
         assert record.dataset_sha256 == dataset_sha256(*select_pair(images, labels, 0, 1))
         for final, initial in zip(record.final_loss, record.initial_loss, strict=True):
@@ -332,14 +332,14 @@ def test_fit_is_deterministic_with_the_seed(tmp_path: Path) -> None:
     try:
         for seed in (5, 5, 6):
             cfg = GadFitConfig(0, 1, alphas=(2.0,), epochs=3, batch_size=4, seed=seed)
-            op = ops.start("fit_gad", partial(_fit_job, model, images, labels, cfg))
+            op = ops.start_local("fit_gad", partial(_fit_job, model, images, labels, cfg))
             done = ops.wait(op.id, 60)
             assert done.state == "SUCCEEDED" and done.result is not None
             ids.append(done.result["id"])
     finally:
         ops.shutdown()
         model.close()
-    store = SupportSetStore(model.folder)
+    store = SupportSetStore(model.artifact_folder)
     first, again, other = (store.load_state(store.get(i), 2.0) for i in ids)
     for key in first:
         torch.testing.assert_close(first[key], again[key], rtol=0, atol=0)

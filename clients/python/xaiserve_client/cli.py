@@ -104,6 +104,15 @@ def _add_serve(sub: Any) -> None:
         "--tls-client-ca", metavar="PEM", help="require client certificates from this CA"
     )
     p.add_argument("--auth-tokens-file", metavar="FILE", help="bearer tokens, one per line")
+    p.add_argument(
+        "--state-url",
+        metavar="URL",
+        help="shared state store of a fleet (postgresql://…; default: SQLite in --data-dir)",
+    )
+    p.add_argument("--data-dir", metavar="DIR", help="SQLite state store and default artifacts")
+    p.add_argument(
+        "--artifacts", metavar="DIR", help="writable artifact location (support sets, reports)"
+    )
     p.set_defaults(handler=cmd_serve)
 
 

@@ -78,6 +78,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         "tls_key": args.tls_key,
         "tls_client_ca": args.tls_client_ca,
         "auth_tokens_file": args.auth_tokens_file,
+        "state_url": args.state_url,
+        "data_dir": args.data_dir,
+        "artifacts": args.artifacts,
     }
     try:
         settings = Settings.from_env(**overrides)

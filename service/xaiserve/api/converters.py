@@ -379,3 +379,4 @@ def version_info(v: VersionEntry) -> pb.ModelVersionInfo:
 
 def model_info(entry: ModelEntry) -> pb.ModelInfo:
     return pb.ModelInfo(name=entry.name, versions=[version_info(v) for v in entry.newest_first()])
+

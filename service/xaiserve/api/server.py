@@ -1,8 +1,9 @@
 """Server start and stop: ``create_server(settings) -> (server, port)`` and ``serve(settings)``.
 
-Lifecycle: the gRPC port opens at once with health NOT_SERVING; models load in the background;
-health turns SERVING when every model has loaded or failed (the failure is logged and shown by
-``GetModel``). On SIGTERM/SIGINT health flips to NOT_SERVING at once, new RPCs get UNAVAILABLE,
+Lifecycle: the gRPC port opens at once with health NOT_SERVING; models load in the background
+and the state store is connected and migrated in the background (retrying with backoff while it
+is unreachable, logging why); health turns SERVING when every model has loaded or failed (the
+failure is logged and shown by ``GetModel``) *and* the store is ready. Chunk workers start then. On SIGTERM/SIGINT health flips to NOT_SERVING at once, new RPCs get UNAVAILABLE,
 in-flight RPCs get up to ``drain_seconds`` to finish, then the process exits 0.
 """
 
@@ -24,10 +25,12 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from prometheus_client import CollectorRegistry, start_http_server
 
 from xaiserve.api.interceptors import Admission, ServiceInterceptor, TokenAuthInterceptor
+from xaiserve.api.owners import Owners, read_tokens
 from xaiserve.api.servicer import ExplainServicer
 from xaiserve.config import Settings, models_dir_origin
+from xaiserve.imaging.decode import ImageLimits
 from xaiserve.imaging.segmenter import Segmenter, install_segmenter, uninstall_segmenter
-from xaiserve.jobs.operations import OperationStore
+from xaiserve.jobs.fleet import Fleet
 from xaiserve.models.repository import ModelRepository
 from xaiserve.observability import Metrics, configure_logging
 from xaiserve.runtime import context as rctx
@@ -51,7 +54,7 @@ class XaiServer:
         port: int,
         metrics: Metrics,
         repository: ModelRepository,
-        operations: OperationStore,
+        fleet: Fleet,
         health_servicer: health.HealthServicer,
         admission: Admission,
         segmenter: Segmenter,
@@ -62,29 +65,44 @@ class XaiServer:
         self.port = port
         self.metrics = metrics
         self.repository = repository
-        self.operations = operations
+        self.fleet = fleet
+        self.operations = fleet.operations
         self.health = health_servicer
         self.admission = admission
         self.metrics_http: Any = None
         self._loader: threading.Thread | None = None
         self._stopped = threading.Event()
+        self._ready_lock = threading.Lock()
+        self._serving = False
+
+    def _serving_if_ready(self) -> None:
+        with self._ready_lock:
+            if (
+                self.repository.loaded.is_set()
+                and self.fleet.ready.is_set()
+                and not self.admission.draining.is_set()
+                and not self._serving
+            ):
+                self._serving = True
+                for name in HEALTH_SERVICES:
+                    self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+                log.info("ready", extra={"models": len(self.repository.ready_models())})
 
     def load_models(self, wait: bool) -> None:
         def load() -> None:
             self.repository.load_all()
-            if not self.admission.draining.is_set():
-                for name in HEALTH_SERVICES:
-                    self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
-            log.info("ready", extra={"models": len(self.repository.ready_models())})
+            self._serving_if_ready()  # SERVING once the state store is ready too
             self._update_model_health()
             threading.Thread(
                 target=self._watch_model_health, name="model-health", daemon=True
             ).start()
 
+        self.fleet.start(self._serving_if_ready, self.repository.loaded)
         self._loader = threading.Thread(target=load, name="model-loader", daemon=True)
         self._loader.start()
         if wait:
             self._loader.join()
+            self.fleet.ready.wait()
 
     def _update_model_health(self) -> None:
         """``model/<name>`` is SERVING while some version of it can serve: loaded, and for a
@@ -133,7 +151,9 @@ class XaiServer:
         drained = self.admission.wait_idle(budget)
         if not drained:
             log.warning("drain time over with %d requests still running", self.admission.active)
-        self.operations.shutdown(timeout=2.0)
+        # Running chunks are released for another replica (or this one after a restart) to
+        # resume; their operations say "interrupted by shutdown".
+        self.fleet.stop()
         self.grpc_server.stop(grace=0.5).wait()
         self.repository.close()
         uninstall_segmenter(self.segmenter)
@@ -173,8 +193,10 @@ def create_server(
         settings.max_concurrent_requests, settings.max_concurrent_cheap, settings.max_watchers
     )
     interceptors: list[grpc.ServerInterceptor] = []
+    admin_tokens = read_tokens(settings.admin_tokens_file)
     if settings.auth_tokens_file:
-        interceptors.append(TokenAuthInterceptor.from_file(settings.auth_tokens_file, metrics))
+        tokens = read_tokens(settings.auth_tokens_file) + admin_tokens
+        interceptors.append(TokenAuthInterceptor(tokens, metrics))
     interceptors.append(ServiceInterceptor(metrics, admission, settings.stream_idle_seconds))
     options = [
         ("grpc.max_receive_message_length", settings.max_message_bytes),
@@ -200,9 +222,18 @@ def create_server(
         extra={"models_dir": settings.models_dir},
     )
     repository = ModelRepository(settings.models_dir, settings, metrics, budget)
-    ops_dir = Path(settings.operations_dir) if settings.operations_dir else None
-    operations = OperationStore(ops_dir, metrics)
-    servicer = ExplainServicer(settings, repository, operations)
+    limits = ImageLimits(
+        max_bytes=settings.max_image_bytes,
+        max_pixels=settings.max_image_pixels,
+        formats=tuple(settings.allowed_image_formats),
+    )
+    fleet = Fleet(settings, metrics, repository, limits)
+    servicer = ExplainServicer(
+        settings,
+        repository,
+        fleet.operations,
+        Owners(auth=bool(settings.auth_tokens_file), admin_tokens=admin_tokens),
+    )
     explain_pb2_grpc.add_ExplainServiceServicer_to_server(servicer, grpc_server)
     health_servicer = health.HealthServicer(experimental_non_blocking=True)
     for name in HEALTH_SERVICES:
@@ -230,7 +261,7 @@ def create_server(
         port,
         metrics,
         repository,
-        operations,
+        fleet,
         health_servicer,
         admission,
         segmenter,

@@ -10,6 +10,7 @@ import grpc
 from xaiserve import core
 from xaiserve.api import converters as conv
 from xaiserve.api.interceptors import set_method_label
+from xaiserve.api.owners import Owners
 from xaiserve.api.streams import bounded, child, config_then_items, request_context
 from xaiserve.config import Settings
 from xaiserve.jobs.operations import OperationStore
@@ -21,9 +22,14 @@ from xaiserve_client.v1 import explain_pb2_grpc as pb_grpc
 
 class ExplainServicer(pb_grpc.ExplainServiceServicer):
     def __init__(
-        self, settings: Settings, repository: ModelRepository, operations: OperationStore
+        self,
+        settings: Settings,
+        repository: ModelRepository,
+        operations: OperationStore,
+        owners: Owners | None = None,
     ) -> None:
         self.services = core.Services(settings, repository, operations, set_method_label)
+        self.owners = owners or Owners(auth=False, admin_tokens=[])
 
     # -- models --------------------------------------------------------------------------------
     def ListModels(
@@ -79,36 +85,48 @@ class ExplainServicer(pb_grpc.ExplainServiceServicer):
         self, requests: Iterator[pb.EvaluateDatasetRequest], context: grpc.ServicerContext
     ) -> pb.Operation:
         config, items = config_then_items(requests, "EvaluateDatasetRequest")
+        owner = self.owners.creator(context)
         evaluation = conv.dataset_evaluation_input(config)
-        op = core.start_dataset_evaluation(self.services, evaluation, conv.streamed_items(items))
+        op = core.start_dataset_evaluation(
+            self.services, evaluation, conv.streamed_items(items), owner=owner
+        )
         return conv.operation(op)
 
     def FitGad(
         self, requests: Iterator[pb.FitGadRequest], context: grpc.ServicerContext
     ) -> pb.Operation:
         config, items = config_then_items(requests, "FitGadRequest")
+        owner = self.owners.creator(context)
         fit = conv.gad_fit_input(config)
-        op = core.start_gad_fit(self.services, fit, conv.streamed_items(items))
+        op = core.start_gad_fit(self.services, fit, conv.streamed_items(items), owner=owner)
         return conv.operation(op)
 
     def GetOperation(
         self, request: pb.OperationRequest, context: grpc.ServicerContext
     ) -> pb.Operation:
-        return conv.operation(self.services.operations.get(request.id))
+        scope = self.owners.scope(context)
+        return conv.operation(self.services.operations.get(request.id, scope))
 
     def WatchOperation(
         self, request: pb.OperationRequest, context: grpc.ServicerContext
     ) -> Iterator[pb.Operation]:
-        for snapshot in self.services.operations.watch(request.id, context.is_active):
+        scope = self.owners.scope(context)
+        for snapshot in self.services.operations.watch(request.id, context.is_active, scope):
             yield conv.operation(snapshot)
 
     def CancelOperation(
         self, request: pb.OperationRequest, context: grpc.ServicerContext
     ) -> pb.Operation:
-        return conv.operation(self.services.operations.cancel(request.id))
+        scope = self.owners.scope(context)
+        return conv.operation(self.services.operations.cancel(request.id, scope))
 
     def ListOperations(
         self, request: pb.ListOperationsRequest, context: grpc.ServicerContext
     ) -> pb.ListOperationsResponse:
-        ops = self.services.operations.list()
-        return pb.ListOperationsResponse(operations=[conv.operation(op) for op in ops])
+        page = self.services.operations.list(
+            self.owners.scope(context), request.page_size, request.page_token
+        )
+        return pb.ListOperationsResponse(
+            operations=[conv.operation(op) for op in page.operations],
+            next_page_token=page.next_token,
+        )

@@ -7,7 +7,7 @@ before the job starts is checked here, so a bad request fails with its status at
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,16 +23,18 @@ from xaiserve.errors import InvalidInput, LimitExceeded, Unimplemented
 from xaiserve.evaluation.morf import morf_cost, morf_memory
 from xaiserve.imaging.decode import ImageInput, RawTensor, decode_image, decode_map
 from xaiserve.imaging.preprocess import fit_to_input
-from xaiserve.jobs.dataset_evaluation import MethodRun, evaluate_dataset, mask_on_grid
-from xaiserve.jobs.datasets import DatasetItem, dataset_folder, folder_items
+from xaiserve.jobs import dataset_evaluation as evaluation
+from xaiserve.jobs import gad_fitting
+from xaiserve.jobs.dataset_evaluation import MethodRun
+from xaiserve.jobs.datasets import dataset_folder, folder_items
 from xaiserve.jobs.gad_fitting import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_EPOCHS,
     DEFAULT_LEARNING_RATE,
     GadFitConfig,
-    run_gad_fit,
 )
 from xaiserve.jobs.operations import OperationState
+from xaiserve.jobs.store import StagedItem
 from xaiserve.models.model import Model
 from xaiserve.models.randomised_variants import RandomisationOptions, randomisation_cost
 from xaiserve.models.support_sets import SupportSetStore
@@ -86,9 +88,14 @@ class GadFitInput:
 
 
 def start_dataset_evaluation(
-    services: Services, config: DatasetEvaluationInput, items: Iterator[StreamedItem]
+    services: Services,
+    config: DatasetEvaluationInput,
+    items: Iterator[StreamedItem],
+    owner: str = "",
 ) -> OperationState:
-    """Validate and start an ``evaluate_dataset`` operation (Samek et al. Sec. IV on a set)."""
+    """Validate and record an ``evaluate_dataset`` operation (Samek et al. Sec. IV on a set):
+    its chunks are run by the workers of every replica (:mod:`xaiserve.jobs.dataset_evaluation`);
+    streamed items are staged in the state store, where every replica reads them."""
     settings = services.settings
     model = services.repository.get(config.model, config.version)
     if not config.methods:
@@ -128,32 +135,40 @@ def start_dataset_evaluation(
         config.limit if config.limit is not None else settings.max_stream_images,
         settings.max_stream_images,
     )
+    staged: list[StagedItem] = []
     if config.dataset:
         folder = dataset_folder(settings.datasets_dir, config.dataset)
-        dataset, _ = folder_items(folder, model.labels, services.limits, limit)
+        count = len(folder_items(folder, model.labels, services.limits, limit)[0])
         _no_items_after_dataset(items)
     else:
-        dataset = _evaluation_items(services, model, items, limit)
-    if not dataset:
+        staged = _evaluation_items(services, model, items, limit)
+        count = len(staged)
+    if not count:
         raise InvalidInput(
             "the data set is empty: stream items after the config or name config.dataset"
         )
-    keep = settings.randomisation_variant_sets
-    return services.operations.start(
-        "evaluate_dataset",
-        lambda handle: evaluate_dataset(model, dataset, runs, morf, handle, sanity, keep),
-        total=len(dataset),
-        message=f"{len(dataset)} images × {len(runs)} methods on {model.name}/{model.version}",
+    return evaluation.submit(
+        services.operations,
+        model,
+        runs,
+        morf,
+        total=count,
+        chunk_items=settings.chunk_items,
+        message=f"{count} images × {len(runs)} methods on {model.name}/{model.version}",
+        dataset=config.dataset,
+        limit=limit,
+        staged=staged,
+        owner=owner,
+        randomisation=sanity,
+        keep_variant_sets=settings.randomisation_variant_sets,
     )
 
 
 def _evaluation_items(
     services: Services, model: Model, items: Iterator[StreamedItem], limit: int
-) -> list[DatasetItem]:
-    """Streamed items, held until the operation runs resized to the model's grid as uint8
-    (3 bytes a pixel) — never the upload's full size in float32. Without a mask the image is
-    also decoded reduced (the mask, given on the image's own grid, needs the full size)."""
-    out: list[DatasetItem] = []
+) -> list[StagedItem]:
+    """Streamed items, validated (decoded once) and staged as the client encoded them."""
+    out: list[StagedItem] = []
     for item in items:
         if len(out) >= limit:
             raise LimitExceeded(
@@ -166,18 +181,14 @@ def _evaluation_items(
         mask = None
         if item.mask is not None:
             h, w = image.shape[:2]
-            mask = mask_on_grid(decode_map(item.mask, h, w, f"{where}.mask") > 0, model)
-        stored = np.rint(fit_to_input(image, model.preprocessing)).astype(np.uint8)
-        del image
-        out.append(
-            DatasetItem(
-                name=item.name,
-                load=_as_float(stored),
-                label=label,
-                load_mask=_constant(mask) if mask is not None else None,
-            )
-        )
+            mask = decode_map(item.mask, h, w, f"{where}.mask") > 0
+        out.append(evaluation.stage_item(len(out), item.name, label, _as_staged(item, image), mask))
     return out
+
+
+def _as_staged(item: StreamedItem, decoded: np.ndarray) -> bytes | np.ndarray:
+    """The encoded bytes as sent (small), or the decoded array for a raw tensor."""
+    return item.image.encoded if item.image.encoded is not None else decoded
 
 
 # ---------------------------------------------------------------------------------------------
@@ -185,7 +196,10 @@ def _evaluation_items(
 
 
 def start_gad_fit(
-    services: Services, config: GadFitInput, items: Iterator[StreamedItem]
+    services: Services,
+    config: GadFitInput,
+    items: Iterator[StreamedItem],
+    owner: str = "",
 ) -> OperationState:
     """Validate and start a ``fit_gad`` operation (Mazini Rodrigues et al. Sections 4.1–4.2).
 
@@ -193,14 +207,15 @@ def start_gad_fit(
     Section 4.1), the hyper-parameters, that the version folder is writable, that the items
     carry labels and that both classes are present. Only images of classes ``a`` and ``b`` are
     kept. The result's ``support_set`` is the id to pass as the ``gad`` method's
-    ``support_set``.
+    ``support_set``. The fit is one chunk (one training run) that any replica's worker runs;
+    the set is written to the artifact location every replica shares.
     """
     settings = services.settings
     model = services.repository.get(config.model, config.version)
     if not model.supports("torch"):
         raise Unimplemented(f"GAD needs the torch backend, which model {model.name!r} lacks")
     fit = fit_config(config, model)
-    SupportSetStore(model.folder).check_writable()
+    SupportSetStore(model.artifact_folder).check_writable()
     limit = min(MAX_FIT_IMAGES, settings.max_stream_images)
     if config.dataset:
         folder = dataset_folder(settings.datasets_dir, config.dataset)
@@ -210,26 +225,34 @@ def start_gad_fit(
                 raise InvalidInput(
                     f"data set {config.dataset!r}: {row.name!r} has no label; GAD needs labels"
                 )
-        dataset = [r for r in rows if r.label in (fit.class_a, fit.class_b)][:limit]
+        labels: list[int | None] = [r.label for r in rows if r.label in (fit.class_a, fit.class_b)]
+        labels = labels[:limit]
         _no_items_after_dataset(items)
+        staged: list[StagedItem] = []
     else:
-        dataset = _fit_items(services, model, items, fit, limit)
-    counts = [sum(1 for i in dataset if i.label == k) for k in (fit.class_a, fit.class_b)]
+        staged = _fit_items(services, model, items, fit, limit)
+        labels = [i.label for i in staged]
+    counts = [sum(1 for label in labels if label == k) for k in (fit.class_a, fit.class_b)]
     if min(counts) == 0:
         raise InvalidInput(
             f"the data set needs images of both classes: it has {counts[0]} of class "
             f"{fit.class_a} ({model.labels[fit.class_a]}) and {counts[1]} of class "
             f"{fit.class_b} ({model.labels[fit.class_b]})"
         )
-    return services.operations.start(
-        "fit_gad",
-        lambda handle: run_gad_fit(model, dataset, fit, handle),
-        total=len(fit.alphas) * fit.epochs,
+    return gad_fitting.submit(
+        services.operations,
+        model,
+        fit,
         message=(
             f"GAD support set for {model.labels[fit.class_a]} vs {model.labels[fit.class_b]} "
-            f"on {model.name}/{model.version}: {len(dataset)} images, {len(fit.alphas)} α × "
+            f"on {model.name}/{model.version}: {len(labels)} images, {len(fit.alphas)} α × "
             f"{fit.epochs} epochs"
         ),
+        dataset=config.dataset,
+        limit=limit,
+        rows_limit=settings.max_stream_images,
+        staged=staged,
+        owner=owner,
     )
 
 
@@ -260,10 +283,11 @@ def _fit_items(
     items: Iterator[StreamedItem],
     fit: GadFitConfig,
     limit: int,
-) -> list[DatasetItem]:
-    """Labelled items of classes a and b (others are skipped), decoded onto the model grid."""
+) -> list[StagedItem]:
+    """Labelled items of classes a and b (others are skipped), validated (decoded once) and
+    staged for whichever replica runs the fit."""
     stream_limit = services.settings.max_stream_images
-    out: list[DatasetItem] = []
+    out: list[StagedItem] = []
     for item in items:
         if item.index >= stream_limit:
             raise LimitExceeded(f"at most {stream_limit} items per stream (max_stream_images)")
@@ -279,7 +303,7 @@ def _fit_items(
             decode_image(item.image, services.limits, f"{where}.image", model.input_size),
             model.preprocessing,
         )
-        out.append(DatasetItem(item.name, _constant(image), label, None))
+        out.append(evaluation.stage_item(len(out), item.name, label, _as_staged(item, image), None))
     return out
 
 
@@ -287,10 +311,3 @@ def _no_items_after_dataset(items: Iterator[StreamedItem]) -> None:
     if next(items, None) is not None:
         raise InvalidInput("send either config.dataset or streamed items, not both")
 
-
-def _constant(value: np.ndarray) -> Callable[[], np.ndarray]:
-    return lambda: value
-
-
-def _as_float(value: np.ndarray) -> Callable[[], np.ndarray]:
-    return lambda: value.astype(np.float32)

@@ -25,7 +25,9 @@ checked between batches. Runs on CUDA when available.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
+import shutil
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -36,8 +38,11 @@ import torch
 from torch import nn
 
 from xaiserve.errors import InvalidInput
+from xaiserve.imaging.decode import ImageLimits
 from xaiserve.imaging.preprocess import fit_to_input
-from xaiserve.jobs.datasets import DatasetItem
+from xaiserve.jobs.datasets import DatasetItem, dataset_folder, folder_items
+from xaiserve.jobs.operations import OperationStore
+from xaiserve.jobs.store import ChunkSpec, OperationRecord, StagedItem, StateStore
 from xaiserve.methods.gad import DEFAULT_ALPHAS
 from xaiserve.models.model import Model
 from xaiserve.models.support_sets import (
@@ -176,7 +181,7 @@ def fit_support_set(
     for k in (config.class_a, config.class_b):
         if not 0 <= k < n_classes:
             raise InvalidInput(f"class {k} is out of range (model has {n_classes} classes)")
-    store = SupportSetStore(model.folder)
+    store = SupportSetStore(model.artifact_folder)
     store.check_writable()
     imgs, lab = select_pair(
         np.asarray(images, np.float32), np.asarray(labels), config.class_a, config.class_b
@@ -283,9 +288,97 @@ def run_gad_fit(
     return {"support_set": record.id, **record.summary()}
 
 
+KIND = "fit_gad"
+
+
+def fit_spec(
+    model: Model, config: GadFitConfig, *, dataset: str = "", limit: int = 0, rows_limit: int = 0
+) -> dict[str, Any]:
+    """What a replica needs to run the fit (one chunk: GAD fitting is one training run):
+    a server-side folder's first ``rows_limit`` rows, of classes a and b, at most ``limit``."""
+    return {
+        "model": model.name,
+        "version": model.version,
+        "fit": dataclasses.asdict(config),
+        "dataset": dataset,
+        "limit": limit,
+        "rows_limit": rows_limit,
+    }
+
+
+def submit(
+    operations: OperationStore,
+    model: Model,
+    config: GadFitConfig,
+    *,
+    message: str,
+    dataset: str = "",
+    limit: int = 0,
+    rows_limit: int = 0,
+    staged: Sequence[StagedItem] = (),
+    owner: str = "",
+) -> OperationRecord:
+    """Record a ``fit_gad`` operation: one chunk (one training run; its progress counts
+    epochs), claimed by any replica's worker."""
+    total = len(config.alphas) * config.epochs
+    return operations.start(
+        KIND,
+        fit_spec(model, config, dataset=dataset, limit=limit, rows_limit=rows_limit),
+        [ChunkSpec(0, total)],
+        items=staged,
+        total=total,
+        message=message,
+        owner=owner,
+    )
+
+
+class GadFitRunner:
+    """The ``fit_gad`` runner: one chunk, the whole fit (Sections 4.1–4.2); deterministic for
+    a seed, so a fit re-run after a replica died gives the same set. A set that is not used (the
+    operation was cancelled meanwhile, or a twin run stored first) is deleted again."""
+
+    def __init__(self, models: Any, store: StateStore, limits: ImageLimits, datasets_dir: str) -> None:
+        self.models = models
+        self.store = store
+        self.limits = limits
+        self.datasets_dir = datasets_dir
+
+    def items(self, spec: dict[str, Any], model: Model, config: GadFitConfig, op_id: str
+              ) -> list[DatasetItem]:
+        if spec["dataset"]:
+            folder = dataset_folder(self.datasets_dir, spec["dataset"])
+            rows, _ = folder_items(folder, model.labels, self.limits, spec["rows_limit"] or 10**9)
+            keep = [r for r in rows if r.label in (config.class_a, config.class_b)]
+            return keep[: spec["limit"] or None]
+        from xaiserve.jobs.dataset_evaluation import staged_dataset_items
+
+        return staged_dataset_items(self.store.staged_items(op_id, 0, 2**31 - 1), self.limits)
+
+    def run(self, chunk: Any, handle: Any) -> Any:
+        spec = chunk.spec
+        model = self.models.get(spec["model"], spec["version"])
+        config = GadFitConfig(**{**spec["fit"], "alphas": tuple(spec["fit"]["alphas"])})
+        items = self.items(spec, model, config, chunk.operation_id)
+        return run_gad_fit(model, items, config, handle)
+
+    def finalize(self, op_id: str, spec: dict[str, Any], results: list[Any]) -> dict[str, Any]:
+        return dict(results[0])
+
+    def discard(self, spec: dict[str, Any], result: Any) -> None:
+        set_id = result.get("support_set") if isinstance(result, dict) else None
+        if not set_id:
+            return
+        model = self.models.get(spec["model"], spec["version"])
+        path = SupportSetStore(model.artifact_folder).path(set_id)
+        shutil.rmtree(path, ignore_errors=True)
+
+
 __all__ = [
     "DEFAULT_ALPHAS",
+    "KIND",
     "GadFitConfig",
+    "GadFitRunner",
+    "fit_spec",
     "fit_support_set",
     "load_items",
     "modified_targets",

@@ -62,10 +62,14 @@ class Model:
         torch_batch_bytes: int = 256 * 2**20,
         remote: Any = None,
         whitebox_error: str = "",
+        artifact_folder: Path | None = None,
     ) -> None:
         self.name = name
         self.version = version
         self.folder = folder
+        # Where this version's artifacts (GAD support sets) are written: the artifact location,
+        # never the read-only model folder (models.artifacts).
+        self.artifact_folder = artifact_folder if artifact_folder is not None else folder
         self.config = config
         self.sha256 = sha256
         self.batcher = batcher

@@ -235,6 +235,7 @@ class ModelRepository:
             input_name=session.input_name,
             torch_copies=self.settings.torch_copies,
             torch_batch_bytes=self.settings.torch_batch_bytes,
+            artifact_folder=_artifact_folder(self.settings.artifacts_root, name, version),
         )
         model.provider_fallback = tuple(session.fallback)
         return self._check_and_warm(model)
@@ -348,3 +349,9 @@ def _stamp(folder: Path) -> tuple[tuple[int, int], ...]:
         except OSError:
             out.append((0, -1))
     return tuple(out)
+
+
+def _artifact_folder(root: str, name: str, version: str) -> Path:
+    from xaiserve.models.artifacts import version_folder
+
+    return version_folder(root, name, version)

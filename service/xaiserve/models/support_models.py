@@ -96,7 +96,7 @@ def load_support_set(model: Model, set_id: str) -> LoadedSupportSet:
         cached = _CACHE.get(model, {}).get(set_id)
     if cached is not None:
         return cached
-    store = SupportSetStore(model.folder)
+    store = SupportSetStore(model.artifact_folder)
     record = store.get(set_id)
     if record.model_sha256 and record.model_sha256 != model.sha256:
         raise FailedPrecondition(

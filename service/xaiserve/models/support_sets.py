@@ -2,10 +2,11 @@
 
 A support set is the family of support regression networks of Section 4.2, one per distance
 ``α`` of the schedule of Section 4.3, fitted for one pair of classes ``(a, b)`` of one model
-version. It lives in the version folder::
+version. It lives in the version's *artifact* folder (:mod:`xaiserve.models.artifacts`, shared
+by every replica; the model folder itself stays read-only)::
 
-    <version folder>/support_sets/<id>/record.json      what was fitted, how, on what data
-    <version folder>/support_sets/<id>/alpha_<α>.pt      one ``state_dict`` per α (torch.save)
+    <artifacts>/models/<model>/<version>/support_sets/<id>/record.json  what was fitted, how
+    <artifacts>/models/<model>/<version>/support_sets/<id>/alpha_<α>.pt one state_dict per α
 
 Ids are ``gad-<a>-<b>-<n>`` (class indices, ``n`` counts up from 1) and pass
 :func:`xaiserve.models.repository.validate_name`, so an id from a request can never address
@@ -43,6 +44,8 @@ import numpy as np
 from xaiserve import __version__
 from xaiserve.contracts.names import validate_name
 from xaiserve.errors import FailedPrecondition, InvalidInput, NotFound
+from xaiserve.models.artifacts import TMP_PREFIX as _TMP_PREFIX
+from xaiserve.models.artifacts import keep_fresh
 
 if TYPE_CHECKING:
     import torch
@@ -52,7 +55,6 @@ if TYPE_CHECKING:
 
 SUPPORT_SETS_DIR = "support_sets"
 RECORD_FILE = "record.json"
-_TMP_PREFIX = ".tmp-"
 _ID = re.compile(r"gad-(\d+)-(\d+)-(\d+)")
 _COMMIT_TRIES = 1000
 
@@ -233,7 +235,8 @@ class SupportSetStore:
             raise FailedPrecondition(f"cannot create a folder in {self.root}: {exc}") from exc
         writer = SupportSetWriter(self, tmp, class_a, class_b)
         try:
-            yield writer
+            with keep_fresh(tmp):  # a live fit's folder is never swept as a crashed one's
+                yield writer
         finally:
             if tmp.exists():
                 shutil.rmtree(tmp, ignore_errors=True)
