@@ -13,6 +13,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -172,7 +173,7 @@ def _server_side_duration(server: Any, rpc: str, method: str, before: float) -> 
     raise AssertionError(f"{rpc}/{method} never finished on the server")
 
 
-def write_support_set(version_folder: Path) -> str:
+def write_support_set(version_folder: Path, artifact_folder: Path) -> str:
     """A GAD support set of two α whose support models are copies of the original (real files
     through the real store; unfitted, which is all a deadline test needs)."""
     from xaiserve.models.repository import file_sha256
@@ -181,7 +182,7 @@ def write_support_set(version_folder: Path) -> str:
 
     state = convert_onnx(version_folder / "model.onnx").state_dict()
     alphas = [2.0, 4.0]
-    with SupportSetStore(version_folder).writer(0, 1) as writer:
+    with SupportSetStore(artifact_folder).writer(0, 1) as writer:
         for alpha in alphas:
             writer.add(alpha, state)
         record = writer.commit(
@@ -201,11 +202,14 @@ def deadline_server(demo_repo: Path) -> Iterator[tuple[Any, pb_grpc.ExplainServi
     from xaiserve.api.server import create_server
     from xaiserve.config import Settings
 
-    assert write_support_set(demo_repo / "shapes" / "1") == SUPPORT_SET
+    artifacts = Path(tempfile.mkdtemp(prefix="xaiserve-deadline-artifacts-"))
+    version_artifacts = artifacts / "models" / "shapes" / "1"  # models.artifacts layout
+    assert write_support_set(demo_repo / "shapes" / "1", version_artifacts) == SUPPORT_SET
 
     server, port = create_server(
         Settings(
             host="127.0.0.1", port=0, metrics_port=0, models_dir=str(demo_repo),
+            artifacts=str(artifacts), data_dir=str(artifacts.parent / (artifacts.name + "-data")),
             log_format="text", log_level="ERROR", torch_copies=1,
         )
     )  # fmt: skip

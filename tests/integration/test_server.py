@@ -402,10 +402,13 @@ def test_forward_passes_count_white_box_work(stub) -> None:  # type: ignore[no-u
     assert 1 <= sal.forward_passes < ig.forward_passes
 
 
-def test_refused_operation_is_counted_by_its_reason(stub) -> None:  # type: ignore[no-untyped-def]
+def test_refused_operation_is_counted_by_its_reason(  # type: ignore[no-untyped-def]
+    start_server, channel_to, repo: Path
+) -> None:
     """``Overloaded.reason`` reaches ``xaiserve_rejected_requests_total`` (here: "operations",
-    the third operation while two run)."""
-    s, server, _ = stub
+    the third operation while two are active with ``max_active_operations=2``)."""
+    server, port = start_server(repo, max_active_operations=2)
+    s = pb_grpc.ExplainServiceStub(channel_to(port))
     image = pb.Image(encoded=png(np.zeros((16, 16, 3))))
 
     def stream() -> list[pb.EvaluateDatasetRequest]:
@@ -429,7 +432,7 @@ def test_refused_operation_is_counted_by_its_reason(stub) -> None:  # type: igno
         with pytest.raises(grpc.RpcError) as info:
             s.EvaluateDataset(iter(stream()), timeout=30)
         assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-        assert "operations are running" in str(info.value.details())
+        assert "operations are pending or running" in str(info.value.details())
         assert rejected() == before + 1
     finally:
         for op in running:
