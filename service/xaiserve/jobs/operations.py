@@ -128,7 +128,7 @@ class ChunkHandle:
         self.worker = worker
         self.cancelled = threading.Event()
         self.reason = ""
-        self.done = False  # set by the worker when the runner returned
+        self.finished = threading.Event()  # set by the worker when the runner returned
 
     @property
     def id(self) -> str:

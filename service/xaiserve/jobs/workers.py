@@ -180,7 +180,7 @@ class WorkerPool:
         else:
             outcome = "done"
         finally:
-            handle.done = True
+            handle.finished.set()
             beat.join()
             with self._lock:
                 self._running.pop(f"{chunk.operation_id}/{chunk.index}", None)
@@ -191,10 +191,8 @@ class WorkerPool:
         self.metrics.chunks_total.labels(outcome=outcome).inc()
 
     def _heartbeat(self, chunk: Chunk, worker: str, handle: ChunkHandle) -> None:
-        while not handle.done:
-            time.sleep(self.heartbeat_seconds)
-            if handle.done:
-                return
+        # An event, not a sleep: the worker joins this thread as soon as its chunk is done.
+        while not handle.finished.wait(self.heartbeat_seconds):
             try:
                 beat = self.store.heartbeat(chunk, worker, self.lease_seconds)
             except StoreUnavailable:
