@@ -24,6 +24,7 @@ import grpc
 from xaiserve import tracing
 from xaiserve.errors import Cancelled, Overloaded, XaiserveError
 from xaiserve.observability import Metrics
+from xaiserve.runtime.context import deadline_reached
 
 log = logging.getLogger(__name__)
 
@@ -406,8 +407,7 @@ def _status_of(
     if context is not None and not context.is_active() and not isinstance(exc, XaiserveError):
         # The RPC already ended: the client cancelled or its deadline passed, and reading the
         # request stream failed because of it. Not a server error: no INTERNAL, no traceback.
-        remaining = context.time_remaining()
-        expired = remaining is not None and remaining <= 0
+        expired = deadline_reached(context.time_remaining(), cancelled=True)
         return ("DEADLINE_EXCEEDED" if expired else "CANCELLED"), "the call ended"
     if isinstance(exc, XaiserveError):
         return exc.status.value, exc.message

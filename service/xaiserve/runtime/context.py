@@ -17,6 +17,20 @@ from dataclasses import dataclass, field
 
 from xaiserve.errors import Cancelled, DeadlineExceeded
 
+CLIENT_DEADLINE_SLACK = 0.25
+"""Seconds by which a client's deadline may pass before ours. The server's deadline counts from
+when the request arrived, the client's from when it was sent, so the client's expires first (by
+the one-way latency, more under load) and gRPC reports it to us as a cancel. A cancel within
+this slack of our deadline is that expiry, not a client's choice."""
+
+
+def deadline_reached(remaining: float | None, cancelled: bool) -> bool:
+    """Whether an RPC that ended (``cancelled``) or has ``remaining`` seconds left has run out of
+    time rather than been cancelled by its client."""
+    if remaining is None:
+        return False
+    return remaining <= (CLIENT_DEADLINE_SLACK if cancelled else 0.0)
+
 
 @dataclass
 class RequestContext:
@@ -33,7 +47,9 @@ class RequestContext:
         return None if self.deadline is None else self.deadline - time.monotonic()
 
     def expired(self) -> bool:
-        return self.deadline is not None and time.monotonic() >= self.deadline
+        """The deadline passed; once the call has ended (cancel event set), also when the
+        client's own deadline, a little earlier than ours, is what ended it."""
+        return deadline_reached(self.remaining(), self.cancelled.is_set())
 
     def check(self) -> None:
         """Raise if the deadline passed (DEADLINE_EXCEEDED) or the client cancelled.
