@@ -26,16 +26,13 @@ from xaiserve.observability import Metrics, metric_names  # noqa: E402
 FLEET_OVERLAYS = ("cpu", "gpu", "postgres")
 
 
-def _render(overlay: str) -> list[dict[str, Any]]:
-    path = manifests.DEPLOY / "overlays" / overlay
-    if hasattr(manifests, "tool") and hasattr(manifests.tool, "kustomize"):
-        return list(manifests.tool.kustomize(path))
-    return list(manifests.renderer.render(path))
-
-
 @pytest.fixture(scope="module")
 def rendered() -> dict[str, list[dict[str, Any]]]:
-    return {name: _render(name) for name in FLEET_OVERLAYS}
+    """Each overlay as the real kustomize renders it."""
+    return {
+        name: list(manifests.tool.kustomize(manifests.DEPLOY / "overlays" / name))
+        for name in FLEET_OVERLAYS
+    }
 
 
 def _settings(objects: list[dict[str, Any]]) -> tuple[config.Settings, dict[str, Any]]:
