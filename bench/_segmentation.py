@@ -179,8 +179,10 @@ def bench_concurrency(
     per_client: int,
     floor_wall: float,
     floor_cpu: float,
+    intra_op: Sequence[int] = (0,),
 ) -> list[dict[str, Any]]:
-    """Explanations/s × passes ÷ best-batch passes/s through a server process, cold and warm."""
+    """Explanations/s × passes ÷ best-batch passes/s through a server process, cold and warm,
+    for each onnxruntime ``intra_op_threads`` setting of the server (0: every core)."""
     from xaiserve.v1 import explain_pb2 as pb
 
     root = model_repo("light", onnx_path, 224, 1000)
@@ -196,8 +198,11 @@ def bench_concurrency(
         for x in images
     ]
     rows: list[dict[str, Any]] = []
-    for mode in ("paper", "nested", "warm"):
-        rows += serve_clients(root, mode, tensors, clients, per_client, floor_wall, floor_cpu)
+    for threads in intra_op:
+        for mode in ("paper", "nested", "warm"):
+            rows += serve_clients(
+                root, mode, tensors, clients, per_client, floor_wall, floor_cpu, threads
+            )
     return rows
 
 
@@ -209,6 +214,7 @@ def serve_clients(
     per_client: int,
     floor_wall: float,
     floor_cpu: float,
+    intra_op: int = 0,
 ) -> list[dict[str, Any]]:
     """One server process; for each client count, ``clients × per_client`` explanations."""
     import concurrent.futures
@@ -219,7 +225,7 @@ def serve_clients(
     from xaiserve.v1 import explain_pb2 as pb
     from xaiserve.v1 import explain_pb2_grpc as pb_grpc
 
-    server = ServerProcess(root)
+    server = ServerProcess(root, XAISERVE_INTRA_OP_THREADS=str(intra_op))
     channel = grpc.insecure_channel(f"127.0.0.1:{server.port}")
     stub = pb_grpc.ExplainServiceStub(channel)
     seg = pb.SegmentationParams(nested=mode != "paper")
@@ -253,6 +259,7 @@ def serve_clients(
             rows.append(
                 {
                     "mode": mode,
+                    "threads": intra_op or (os.cpu_count() or 1),
                     "clients": n,
                     "explanations": total,
                     "per_s": total / elapsed,
@@ -381,17 +388,21 @@ def print_segmentation(
     if concurrency:
         print(
             "\nConcurrent clients on the light model (server process, segmentation_workers ="
-            " half the cores): explanations/s × passes ÷ best-batch passes/s (wall), and"
-            " passes × CPU per pass ÷ server CPU per explanation. paper/nested: every request"
-            " a new image (cold cache); warm: one image, other targets. Goal ≥ 0.8."
+            " half the cores; ORT threads: the server's intra_op_threads): explanations/s ×"
+            " passes ÷ best-batch passes/s (wall; the floor measured in-process with every"
+            " core), and passes × CPU per pass ÷ server CPU per explanation. paper/nested:"
+            " every request a new image (cold cache); warm: one image, other targets."
+            " Goal ≥ 0.8."
         )
         print(
-            "| scales | clients | explanations | expl/s | ratio wall | ratio CPU | passes | load |"
+            "| scales | ORT threads | clients | explanations | expl/s | ratio wall | ratio CPU"
+            " | passes | load |"
         )
-        print("|---|---|---|---|---|---|---|---|")
+        print("|---|---|---|---|---|---|---|---|---|")
         for r in concurrency:
             print(
-                f"| {r['mode']} | {r['clients']} | {r['explanations']} | {r['per_s']:.2f} "
+                f"| {r['mode']} | {r['threads']} | {r['clients']} | {r['explanations']} "
+                f"| {r['per_s']:.2f} "
                 f"| {r['ratio']:.2f} | {r['cpu_ratio']:.2f} | {r['passes']:.0f} | {r['load']} |"
             )
     if faith:

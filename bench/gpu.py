@@ -8,7 +8,8 @@ On a machine with an NVIDIA GPU (onnxruntime-gpu, torch with CUDA)::
    as the CPU provider on the same batch, within tolerance (CUDA 1e-3, TensorRT 2e-2 relative to
    the largest logit: TensorRT may pick FP16/TF32 kernels).
 2. **Segmentation on the GPU**: ``bench/segmentation_device.check`` (SLIC on CUDA vs
-   scikit-image: agreement and times).
+   scikit-image: agreement and times) and the segmenter's start-up ``gpu_slic.self_check``
+   (``--cpu``: both on torch's CPU tensors, 64²).
 3. **Times per image**, through the service's own facade (repository, batcher, I/O binding
    under CUDA, the method registry), each divided by the forward floor (best per-image time of
    the bare session over batch sizes, measured in the same run): Predict at the best batch,
@@ -224,17 +225,30 @@ def main() -> int:
         ],
         rows,
     )
-    if not args.cpu:
-        # Segmentation on the GPU too (#19): SLIC on CUDA against scikit-image.
-        import segmentation_device as seg
+    # Segmentation on the GPU too (#19): SLIC on CUDA against scikit-image. The dry run runs the
+    # same check and the service's start-up self-check on torch's CPU tensors (64², few counts:
+    # the CPU torch path is slow, and agreement is what it checks).
+    import segmentation_device as seg
 
-        seg_rows, seg_ok = seg.check(seg.photographs(3, 224), seg.COUNTS, "cuda", 3)
-        ok &= seg_ok
-        print_table(
-            "SLIC: scikit-image (CPU) vs xaiserve.imaging.gpu_slic on cuda, 224²",
-            ["segments", "ARI (min)", "same label", "regions", "CPU ms", "cuda ms", "speed-up"],
-            seg_rows,
-        )
+    from xaiserve.imaging import gpu_slic
+
+    seg_device = "cpu" if args.cpu else "cuda"
+    seg_size, seg_counts = (64, (4, 16)) if args.cpu else (224, seg.COUNTS)
+    seg_rows, seg_ok = seg.check(
+        seg.photographs(1 if args.cpu else 3, seg_size), seg_counts, seg_device, 1 if args.cpu else 3
+    )
+    why = gpu_slic.self_check(seg_device)
+    seg_ok &= why is None
+    ok &= seg_ok
+    print_table(
+        f"SLIC: scikit-image (CPU) vs xaiserve.imaging.gpu_slic on {seg_device}, {seg_size}²",
+        ["segments", "ARI (min)", "same label", "regions", "CPU ms", f"{seg_device} ms", "speed-up"],
+        seg_rows,
+    )
+    print(
+        f"segmentation agreement on {seg_device}: {'ok' if seg_ok else 'FAILED'}; "
+        f"start-up self-check: {why or 'passed'}"
+    )
     with tempfile.TemporaryDirectory() as tmp:
         model = load_model(onnx_path, size, labels, providers, Path(tmp))
         try:

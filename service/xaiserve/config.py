@@ -92,7 +92,9 @@ class Settings:
     datasets_dir: str = ""  # server-side data-set folders for EvaluateDataset/FitGad ("" = none)
     segmentation_cache_bytes: int = 256 * 1024 * 1024  # LRU bound of the label cache; 0 = off
     segmentation_workers: int = 0  # threads that segment; 0 = half the cores (at least 1)
-    segmentation_device: str = "auto"  # auto | cpu | gpu (SLIC on CUDA; falls back to the CPU)
+    # cpu | gpu | auto: SLIC on CUDA is opt-in and unverified on real GPUs; gpu/auto check it
+    # against scikit-image at start and fall back to the CPU with a warning
+    segmentation_device: str = "cpu"
     otlp_endpoint: str = ""  # OpenTelemetry traces over OTLP/gRPC to this URL ("" = tracing off)
     trace_sample_ratio: float = 1.0  # fraction of new traces sampled (a caller's decision wins)
     warmup: bool = True  # at load: forward passes at batch 1 and max_batch_size, torch pool built

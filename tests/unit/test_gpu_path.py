@@ -118,5 +118,8 @@ def test_bench_gpu_cpu_dry_run() -> None:
     assert result.returncode == 0, result.stdout + result.stderr
     out = result.stdout
     assert "CPUExecutionProvider + I/O binding" in out and "| True |" in out
+    # the GPU SLIC agreement check (and the segmenter's start-up self-check) runs in the dry run
+    assert "gpu_slic on cpu, 64²" in out
+    assert "segmentation agreement on cpu: ok; start-up self-check: passed" in out
     for row in ("Predict, batch", "regional PD, r = 5", "MoRF", "LRP ε+flat", "IG-10"):
         assert row in out, f"{row!r} missing from the table:\n{out}"

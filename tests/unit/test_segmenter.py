@@ -404,3 +404,24 @@ def test_merge_hierarchy_is_nested_and_matches_merging_to_each_count(name: str) 
         merge_hierarchy(image, finest, [0])
     with pytest.raises(InvalidInput, match="prior_segments"):
         nested_scales(image, exact_superpixels(image, 8, PARAMS), 4)
+
+
+def test_segmentation_stays_on_the_cpu_unless_the_gpu_is_asked_for() -> None:
+    from xaiserve.config import Settings
+
+    assert Settings().segmentation_device == "cpu"
+    seg = Segmenter(workers=1)
+    try:
+        assert seg.device == "cpu"
+    finally:
+        seg.close()
+
+
+def test_gpu_self_check_agrees_on_torch_cpu_and_refuses_a_failing_device() -> None:
+    from xaiserve.imaging import gpu_slic
+
+    # the same tensor code the GPU runs, on torch's CPU tensors: agrees with scikit-image
+    assert gpu_slic.self_check("cpu", size=48) is None
+    # a device torch cannot use is a reason, never an exception or a silent pass
+    why = gpu_slic.self_check("cuda:99" if gpu_slic.unavailable_reason() is None else "cuda")
+    assert why is not None and "failed its check against scikit-image" in why

@@ -72,6 +72,48 @@ def unavailable_reason() -> str | None:
     return None
 
 
+SELF_CHECK_COUNTS = (16, 64)
+"""Segment counts of the start-up agreement check (:func:`self_check`)."""
+
+SELF_CHECK_MIN_ARI = 0.9
+"""Least adjusted Rand index with scikit-image for the GPU path to be used (float32 on CUDA
+may flip boundary pixels; ``bench/segmentation_device.py`` uses the same bound)."""
+
+
+def self_check(device: str = "cuda", size: int = 64) -> str | None:
+    """Why the torch SLIC on ``device`` must not be used (``None``: it agrees with scikit-image).
+
+    Segments scikit-image's astronaut photograph resized to ``size``² at
+    :data:`SELF_CHECK_COUNTS` with this module (float32) and with ``skimage.segmentation.slic``
+    (the CPU path) and requires an adjusted Rand index of at least :data:`SELF_CHECK_MIN_ARI`
+    for each; any exception is a reason too. The segmenter runs it once before it segments on a
+    GPU, so a CUDA path that was never verified on that machine cannot be taken silently.
+    """
+    try:
+        from skimage import data
+        from skimage.transform import resize
+        from sklearn.metrics import adjusted_rand_score
+
+        from xaiserve.imaging.segmentation import superpixels as cpu_superpixels
+
+        image = (255.0 * resize(data.astronaut(), (size, size), anti_aliasing=True)).astype(
+            np.float32
+        )
+        for n in SELF_CHECK_COUNTS:
+            params = SegmentationParams(n_segments=n)
+            want = cpu_superpixels(image, params)
+            got = superpixels(image, params, device, "float32")
+            ari = float(adjusted_rand_score(want.ravel(), got.ravel()))
+            if not ari >= SELF_CHECK_MIN_ARI:
+                return (
+                    f"SLIC on {device} disagrees with scikit-image at {n} segments "
+                    f"(adjusted Rand index {ari:.3f} < {SELF_CHECK_MIN_ARI})"
+                )
+    except Exception as exc:  # any failure of the unverified path is a reason not to use it
+        return f"SLIC on {device} failed its check against scikit-image ({type(exc).__name__}: {exc})"
+    return None
+
+
 def superpixels(
     image: np.ndarray, params: SegmentationParams, device: str = "cuda", precision: str = ""
 ) -> np.ndarray:

@@ -30,10 +30,14 @@ Three things happen behind that interface:
    its ``DeadlineExceeded``/``Cancelled``. A queued task that no request waits for any more is
    dropped before it starts (``segmentation_dropped``); a running one finishes into the cache.
 
-The device is ``cpu`` (scikit-image) or ``gpu`` (:mod:`xaiserve.imaging.gpu_slic`, SLIC only);
-``auto`` takes the GPU when CUDA is usable and otherwise the CPU, ``gpu`` without CUDA logs a
-warning and uses the CPU, and a GPU failure at run time logs a warning and moves this segmenter
-to the CPU for good (``segmentation_device_fallbacks``).
+The device is ``cpu`` (scikit-image, the default) or ``gpu`` (:mod:`xaiserve.imaging.gpu_slic`,
+SLIC only). The GPU path is opt-in and **not yet verified on a real GPU** (no CUDA machine has
+run it in CI; its tests run the same tensor code on torch's CPU tensors), so it is never taken
+silently: ``gpu``, or ``auto`` on a machine with CUDA, first runs :func:`~xaiserve.imaging.
+gpu_slic.self_check` (torch SLIC on CUDA against scikit-image on a bundled photograph,
+adjusted Rand index ≥ 0.9) and logs a warning either way; a failed check, ``gpu`` without
+CUDA, or a GPU failure at run time logs a warning and moves this segmenter to the CPU for good
+(``segmentation_device_fallbacks``).
 """
 
 from __future__ import annotations
@@ -266,7 +270,7 @@ class Segmenter:
         *,
         cache_bytes: int = DEFAULT_CACHE_BYTES,
         workers: int = 0,
-        device: DeviceSetting = "auto",
+        device: DeviceSetting = "cpu",
         metrics: Metrics | None = None,
         scope: Callable[[], RequestScope] | None = None,
     ) -> None:
@@ -285,6 +289,8 @@ class Segmenter:
         self.computed = 0
         self.dropped = 0
         self._publish_size()
+        if self.device == "gpu":
+            self._verify_gpu()
 
     # -- the interface methods use -------------------------------------------------------------
     def image(self, pixels: np.ndarray) -> SegImage:
@@ -395,6 +401,20 @@ class Segmenter:
             except Exception as exc:
                 self.fall_back(f"GPU SLIC failed ({type(exc).__name__}: {exc})")
         return superpixels(pixels, params)
+
+    def _verify_gpu(self) -> None:
+        """Check the GPU SLIC against scikit-image before using it (never silently)."""
+        from xaiserve.imaging import gpu_slic
+
+        why = gpu_slic.self_check()
+        if why is not None:
+            self.fall_back(why)
+            return
+        log.warning(
+            "segmentation on the GPU (xaiserve.imaging.gpu_slic): it agreed with scikit-image "
+            "on the start-up check, but this path has not been verified on GPUs in CI; set "
+            "segmentation_device=cpu to segment with scikit-image"
+        )
 
     def fall_back(self, why: str) -> None:
         """Move to the CPU for good, with a warning and a metric."""
