@@ -275,9 +275,9 @@ def bench_pixelwise_stride1(model: BlackBoxModel, image: np.ndarray) -> float:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
-    parser.add_argument("--models", default="demo,resnet50,light")
-    parser.add_argument("--images", type=int, default=3)
-    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--models", help="default demo,resnet50,light (--quick: demo,light)")
+    parser.add_argument("--images", type=int, help="images per model (default 3; --quick: 1)")
+    parser.add_argument("--repeats", type=int, help="repeats of each timing (default 2; --quick: 1)")
     parser.add_argument("--no-captum", action="store_true")
     parser.add_argument("--no-pixelwise", action="store_true")
     parser.add_argument(
@@ -301,7 +301,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         default="4,8",
         help="concurrent clients for the light model's server run",
     )
-    parser.add_argument("--per-client", type=int, default=3, help="explanations per client")
+    parser.add_argument(
+        "--per-client", type=int, help="explanations per client (default 3; --quick: 1)"
+    )
     parser.add_argument(
         "--server-threads",
         default="0,1",
@@ -316,13 +318,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--quick",
         action="store_true",
-        help="demo and light models, one image, no Captum/pixel-wise, short server runs",
+        help="demo and light models, one image, no Captum/pixel-wise, short server runs"
+        " (explicit --images/--repeats/--per-client/--models still apply)",
     )
     args = parser.parse_args(argv)
     if args.quick:
-        args.models, args.no_captum, args.no_pixelwise = "demo,light", True, True
-        args.images, args.repeats, args.per_client = 1, 1, 1
+        args.no_captum, args.no_pixelwise = True, True
+        args.models = args.models or "demo,light"
         args.faithfulness = min(args.faithfulness, 8)
+    # explicit --images/--repeats/--per-client win over the defaults of either mode
+    small = 1 if args.quick else None
+    args.images = args.images or small or 3
+    args.repeats = args.repeats or small or 2
+    args.per_client = args.per_client or small or 3
+    args.models = args.models or "demo,resnet50,light"
     print(f"load average at start (1/5 min, {os.cpu_count()} cores): {load_avg()}")
     results: dict[str, tuple[dict[str, Any], dict[str, Any] | None]] = {}
     caches: dict[str, tuple[dict[str, dict[str, float]], str]] = {}
