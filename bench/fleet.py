@@ -1,13 +1,20 @@
 """Fleet coordination: what the shared state store costs, and how far it scales.
 
-1. **Coordination overhead** on the demo model: time spent in the store by a worker (claim,
-   heartbeats, per-item progress, staged-item reads, completion with aggregation) ÷ the chunk's
-   compute time, on PostgreSQL and on SQLite. Goal < 2 %.
+1. **Coordination overhead** on the demo model: time spent in the store (claim, heartbeats
+   carrying progress, staged-item reads, completion with aggregation) ÷ the chunks' compute
+   time, on PostgreSQL and on SQLite, with the shipped chunk sizing (about ``chunk_seconds`` of
+   compute per chunk, from the cost estimate and the seconds per pass measured on the first
+   evaluation) and with fixed 2-image chunks for comparison. "waits" is what the computing
+   worker thread spent blocked on the store (claim, staged-item reads, completion — the
+   aggregation inside the last completion counts as compute); heartbeats (carrying progress) run in their own thread beside the
+   computation: "heartbeat" is their wall time, "hb CPU" the CPU time they took from it.
+   overhead = (waits + hb CPU) ÷ compute, the goal being < 2 %; "if serial" counts the
+   heartbeats' whole wall time instead, an upper bound.
 2. **Coordinator throughput**: a near-zero-cost chunk runner, chunks/s against the total number
    of workers (spread over processes, 8 threads each at most), on PostgreSQL. Shows where the
    database becomes the limit.
 3. **1 vs 3 replicas**: the same evaluation through 1 and 3 real server processes on one
-   PostgreSQL: wall time, speed-up, and that the aggregates are identical.
+   PostgreSQL, shipped chunk sizing: wall time, speed-up, and that the aggregates are identical.
 
 Everything runs against a real PostgreSQL started here (``tests/postgres.py``: Debian's server
 in a throw-away cluster). ``--quick`` shrinks every part.
@@ -23,6 +30,8 @@ import sys
 import tempfile
 import threading
 import time
+from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -36,12 +45,15 @@ from xaiserve.jobs.store import ChunkSpec, StateStore, open_store  # noqa: E402
 
 
 class TimedStore:
-    """Delegates to a store and adds up the time spent in it (per thread that called)."""
+    """Delegates to a store and adds up the time spent in it, per calling thread's role
+    (``worker-*`` threads compute; ``heartbeat`` threads run beside them). Claims that find
+    nothing (an idle worker polling) are counted apart: no computation waits on them."""
 
     def __init__(self, store: StateStore) -> None:
         self._store = store
-        self.seconds = 0.0
-        self.calls = 0
+        self.seconds: defaultdict[str, float] = defaultdict(float)
+        self.cpu: defaultdict[str, float] = defaultdict(float)  # the calling thread's CPU time
+        self.calls: defaultdict[str, int] = defaultdict(int)
         self._lock = threading.Lock()
 
     def __getattr__(self, name: str) -> Any:
@@ -50,26 +62,90 @@ class TimedStore:
             return target
 
         def timed(*args: Any, **kwargs: Any) -> Any:
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.thread_time()
+            out = None
             try:
-                return target(*args, **kwargs)
+                out = target(*args, **kwargs)
+                return out
             finally:
+                dt, dc = time.perf_counter() - t0, time.thread_time() - c0
+                role = threading.current_thread().name.split("-")[0]
+                if name == "claim_chunk" and out is None:
+                    role = "idle"
                 with self._lock:
-                    self.seconds += time.perf_counter() - t0
-                    self.calls += 1
+                    self.seconds[role] += dt
+                    self.cpu[role] += dc
+                    self.calls[role] += 1
 
         return timed
 
 
-def overhead(url: str, images: int, chunk_items: int) -> tuple[float, float, int]:
-    """(store seconds, compute seconds, store calls) of one evaluation on the demo model."""
-    import numpy as np
+@dataclass
+class Overhead:
+    chunks: int
+    per_chunk: int
+    compute: float
+    waits: float  # the worker thread blocked on the store
+    beside: float  # the heartbeat threads' store calls, wall time (overlaps the computation)
+    beside_cpu: float  # … and the CPU time those threads took (what they take from it)
+    calls: int
 
-    from xaiserve.config import Settings
+
+class TimedRunner:
+    """The evaluation runner, timed: its chunks' compute (less the store reads it makes) and
+    the aggregation, which runs inside the last completion but is computation, not store time."""
+
+    def __init__(self, runner: Any, timed: TimedStore) -> None:
+        self.runner = runner
+        self.timed = timed
+        self.compute = 0.0
+        self.aggregation = 0.0
+
+    def run(self, chunk: Any, handle: Any) -> Any:
+        before = self.timed.seconds["worker"]
+        t0 = time.perf_counter()
+        result = self.runner.run(chunk, handle)
+        self.compute += time.perf_counter() - t0 - (self.timed.seconds["worker"] - before)
+        return result
+
+    def finalize(self, op_id: str, spec: dict[str, Any], results: list[Any]) -> Any:
+        t0 = time.perf_counter()
+        try:
+            return self.runner.finalize(op_id, spec, results)
+        finally:
+            self.aggregation += time.perf_counter() - t0
+
+    def discard(self, spec: dict[str, Any], result: Any) -> None:
+        return None
+
+
+def _demo_items(images: int) -> tuple[Any, list[Any]]:
+    import io
+
+    import numpy as np
+    from PIL import Image
+
     from xaiserve.demo.shapes import heldout
-    from xaiserve.evaluation.morf import MorfParams
+    from xaiserve.jobs import dataset_evaluation as ev
+
+    data = heldout(images)
+    staged = []
+    for i in range(images):
+        buf = io.BytesIO()
+        Image.fromarray(np.asarray(data.images[i])).save(buf, format="PNG")
+        staged.append(ev.stage_item(i, f"i{i}", int(data.labels[i]), buf.getvalue(), data.masks[i]))
+    return data, staged
+
+
+def overhead(url: str, images: int, fixed: list[int]) -> list[tuple[str, Overhead]]:
+    """One evaluation per chunking on the demo model: fixed sizes first (the sizer learns the
+    model's seconds per pass from them, as a replica does from its first evaluation), then
+    the shipped sizing."""
+    from xaiserve.config import Settings
+    from xaiserve.evaluation.morf import MorfParams, morf_cost
     from xaiserve.imaging.decode import ImageLimits
     from xaiserve.jobs import dataset_evaluation as ev
+    from xaiserve.jobs.chunk_sizing import ChunkSizer
     from xaiserve.jobs.operations import OperationStore
     from xaiserve.jobs.workers import WorkerPool
     from xaiserve.methods import (
@@ -86,52 +162,43 @@ def overhead(url: str, images: int, chunk_items: int) -> tuple[float, float, int
     model = repo.get("shapes")
     raw = open_store(url)
     raw.migrate()
-    timed = TimedStore(raw)
-    store: Any = timed  # the workers' view; the benchmark's own polling uses the raw store
     ops = OperationStore(raw, Metrics())
-    data = heldout(images)
-    import io
-
-    from PIL import Image
-
-    staged = []
-    for i in range(images):
-        buf = io.BytesIO()
-        Image.fromarray(np.asarray(data.images[i])).save(buf, format="PNG")
-        staged.append(ev.stage_item(i, f"i{i}", int(data.labels[i]), buf.getvalue(), data.masks[i]))
+    _, staged = _demo_items(images)
     spec = get_method("saliency")
-    runs = [ev.MethodRun("saliency", spec, spec.params_type())]
+    params = spec.params_type()
+    runs = [ev.MethodRun("saliency", spec, params)]
     morf = MorfParams(steps=20, repeats=2, seed=1)
-    runner = ev.DatasetEvaluationRunner(repo, store, ImageLimits(), "")
-    compute = [0.0]
-
-    class Timed:
-        def run(self, chunk: Any, handle: Any) -> Any:
-            before = timed.seconds
-            t0 = time.perf_counter()
-            out = runner.run(chunk, handle)
-            # the chunk's own store reads (staged items, progress) are not compute
-            compute[0] += time.perf_counter() - t0 - (timed.seconds - before)
-            return out
-
-        def finalize(self, op_id: str, spec: dict[str, Any], results: list[Any]) -> Any:
-            return runner.finalize(op_id, spec, results)
-
-        def discard(self, spec: dict[str, Any], result: Any) -> None:
-            return None
-
-    op = ev.submit(ops, model, runs, morf, total=images, chunk_items=chunk_items, message="bench",
-                   staged=staged)
-    pool = WorkerPool(store, {ev.KIND: Timed()}, Metrics(), workers=1, lease_seconds=30,
-                      poll_seconds=0.01)
-    pool.start()
-    while not ops.get(op.id).terminal:
-        time.sleep(0.05)
-    pool.stop()
-    final = ops.get(op.id)
-    assert final.state == "SUCCEEDED", final.error_message
+    passes = spec.cost(params, model.input_size) + morf_cost(morf, model.input_size)
+    sizer = ChunkSizer(settings.chunk_seconds)
+    out = []
+    for per_chunk in [*fixed, 0]:
+        timed = TimedStore(raw)
+        store: Any = timed  # the workers' view; the benchmark's own polling uses the raw store
+        runner = ev.DatasetEvaluationRunner(repo, store, ImageLimits(), "", sizer=sizer)
+        timed_runner = TimedRunner(runner, timed)
+        size = per_chunk or sizer.items(model.name, model.version, passes, images)
+        op = ev.submit(ops, model, runs, morf, total=images, chunk_items=size, message="bench",
+                       staged=staged, passes_per_image=passes)
+        pool = WorkerPool(store, {ev.KIND: timed_runner}, Metrics(), workers=1, lease_seconds=30,
+                          poll_seconds=0.01)
+        pool.start()
+        while not ops.get(op.id).terminal:
+            time.sleep(0.05)
+        pool.stop()
+        final = ops.get(op.id)
+        assert final.state == "SUCCEEDED", final.error_message
+        label = f"fixed {per_chunk}" if per_chunk else "sized (chunk_seconds)"
+        out.append((label, Overhead(
+            chunks=-(-images // size), per_chunk=size,
+            compute=timed_runner.compute + timed_runner.aggregation,
+            waits=timed.seconds["worker"] - timed_runner.aggregation,
+            beside=timed.seconds["heartbeat"],
+            beside_cpu=timed.cpu["heartbeat"],
+            calls=timed.calls["worker"] + timed.calls["heartbeat"],
+        )))
     repo.close()
-    return timed.seconds, compute[0], timed.calls
+    raw.close()
+    return out
 
 
 # -- 2. coordinator throughput ---------------------------------------------------------------
@@ -209,7 +276,8 @@ def replicas(pg: PostgresServer, counts: list[int], images: int) -> list[tuple[i
         url = pg.database()
         fleet = [
             Replica(f"r{n}-{k}", replica_env(url, tmp / "art", tmp / f"d{n}{k}",
-                                             XAISERVE_LEASE_SECONDS="30"), tmp).spawn()
+                                             XAISERVE_LEASE_SECONDS="30",
+                                             XAISERVE_CHUNK_ITEMS="0"), tmp).spawn()
             for k in range(n)
         ]
         try:
@@ -233,22 +301,27 @@ def replicas(pg: PostgresServer, counts: list[int], images: int) -> list[tuple[i
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="small sizes (about two minutes)")
+    parser.add_argument("--quick", action="store_true", help="small sizes (about three minutes)")
     args = parser.parse_args()
-    images = 8 if args.quick else 32
+    images = 24 if args.quick else 64
     worker_counts = [1, 4, 16, 64] if args.quick else [1, 2, 4, 8, 16, 32, 64]
     chunks = 400 if args.quick else 2000
+    replica_images = 48 if args.quick else 96
 
     pg = PostgresServer()
     pg.start()
     try:
-        print("## Coordination overhead (demo model, saliency + MoRF 20×2, 2 images per chunk)")
-        print("| store | store s | compute s | store calls | overhead |")
-        print("|---|---:|---:|---:|---:|")
+        print(f"## Coordination overhead (demo model, saliency + MoRF 20×2, {images} images)")
+        print("| store | chunking | chunks × images | compute s | waits s | heartbeat s "
+              "| hb CPU s | store calls | overhead | overhead if serial |")
+        print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
         for name, url in (("postgresql", pg.database()),
                           ("sqlite", f"sqlite://{tempfile.mkdtemp()}/state.db")):
-            s, c, calls = overhead(url, images, 2)
-            print(f"| {name} | {s:.3f} | {c:.2f} | {calls} | {100 * s / c:.2f} % |")
+            for label, o in overhead(url, images, [2]):
+                print(f"| {name} | {label} | {o.chunks} × {o.per_chunk} | {o.compute:.2f} "
+                      f"| {o.waits:.3f} | {o.beside:.3f} | {o.beside_cpu:.3f} | {o.calls} "
+                      f"| {100 * (o.waits + o.beside_cpu) / o.compute:.2f} % "
+                      f"| {100 * (o.waits + o.beside) / o.compute:.2f} % |")
         print()
         print(f"## Coordinator throughput (no-op chunks, {chunks} per run, PostgreSQL)")
         print("| workers | processes | chunks/s | vs 1 worker |")
@@ -259,10 +332,11 @@ def main() -> None:
             base = base or rate
             print(f"| {w} | {max(1, (w + 7) // 8)} | {rate:.0f} | {rate / base:.2f}× |")
         print()
-        print(f"## The same evaluation on 1 and 3 replicas ({images} images, 1 worker each)")
+        print(f"## The same evaluation on 1 and 3 replicas ({replica_images} images, "
+              "1 worker each, shipped chunk sizing)")
         print("| replicas | wall s | speed-up | aggregate identical to 1 replica |")
         print("|---:|---:|---:|---|")
-        runs = replicas(pg, [1, 3], images)
+        runs = replicas(pg, [1, 3], replica_images)
         one = runs[0]
         for n, wall, result in runs:
             print(f"| {n} | {wall:.1f} | {one[1] / wall:.2f}× | {result == one[2]} |")

@@ -103,7 +103,8 @@ class Settings:
     state_url: str = ""  # postgresql://… for a fleet; "" = SQLite file <data_dir>/state.db
     artifacts: str = ""  # writable artifact location; "" = <data_dir>/artifacts
     operation_workers: int = 2  # chunk workers of this replica (0 = this replica runs no chunks)
-    chunk_items: int = 8  # images per data-set evaluation chunk
+    chunk_seconds: float = 2.0  # target compute per data-set evaluation chunk (sized by cost)
+    chunk_items: int = 0  # images per chunk; 0 = sized from the cost estimate (chunk_seconds)
     lease_seconds: float = 30.0  # a chunk whose worker stopped heartbeating is re-claimed after this
     max_active_operations: int = 16  # pending + running operations, fleet-wide
     operations_retention_count: int = 10_000  # ended operations kept (newest first); 0 = no limit
@@ -143,7 +144,6 @@ class Settings:
             "max_request_bytes",
             "memory_budget_bytes",
             "torch_batch_bytes",
-            "chunk_items",
             "max_active_operations",
         ):
             if getattr(self, name) < 1:
@@ -154,9 +154,11 @@ class Settings:
             raise ValueError("setting max_image_pixels must be 0 (auto) or positive")
         if self.max_request_bytes > self.memory_budget_bytes:
             raise ValueError("setting max_request_bytes must not exceed memory_budget_bytes")
-        for name in ("operation_workers", "operations_retention_count"):
+        for name in ("operation_workers", "operations_retention_count", "chunk_items"):
             if getattr(self, name) < 0:
                 raise ValueError(f"setting {name} must be at least 0")
+        if not self.chunk_seconds > 0:
+            raise ValueError("setting chunk_seconds must be greater than 0")
         if not self.lease_seconds >= 1.0:
             raise ValueError("setting lease_seconds must be at least 1")
         if not self.operations_retention_days >= 0:

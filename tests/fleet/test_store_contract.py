@@ -261,3 +261,27 @@ def test_retention_by_count_and_age(store: StateStore) -> None:
     assert [o.id for o in store.list_operations(None, 100).operations] == [running.id]
     assert store.counts() == {("evaluate_dataset", "PENDING"): 1}
     assert store.count_active() == 1
+
+
+def test_progress_stops_counting_when_the_operation_ends(store: StateStore) -> None:
+    """``done`` is the chunks' progress while the operation runs, frozen once it has ended: a
+    chunk that finishes (or reports) after a cancel does not move it; a revision marks every
+    progress change for watchers."""
+    op = store.create_operation(_op(), chunks=[ChunkSpec(0, 4), ChunkSpec(4, 7)])
+    first, second = store.claim_chunk("a", 60), store.claim_chunk("b", 60)
+    assert first is not None and second is not None
+    before = store.revision(op.id)
+    beat = store.heartbeat(first, "a", 60, items_done=3, item_result={"name": "img2"})
+    assert beat.keep_going
+    got = store.get_operation(op.id)
+    assert got is not None and got.done == 3 and got.item_result == {"name": "img2"}
+    assert got.revision > before  # type: ignore[operator]
+    quiet = store.revision(op.id)
+    assert store.heartbeat(first, "a", 60).keep_going  # a bare heartbeat is no change
+    assert store.revision(op.id) == quiet
+    assert store.transition(op.id, "CANCELLED", error_code="CANCELLED", error_message="by test")
+    store.heartbeat(first, "a", 60, items_done=4)
+    store.complete_chunk(second, "b", {"sum": 1}, _sum_finalizer([]))
+    store.release_chunk(first, "a")
+    ended = store.get_operation(op.id)
+    assert ended is not None and (ended.state, ended.done) == ("CANCELLED", 3)

@@ -153,7 +153,9 @@ def start_dataset_evaluation(
         runs,
         morf,
         total=count,
-        chunk_items=settings.chunk_items,
+        chunk_items=services.operations.chunk_sizer.items(
+            model.name, model.version, per_image, count
+        ),
         message=f"{count} images × {len(runs)} methods on {model.name}/{model.version}",
         dataset=config.dataset,
         limit=limit,
@@ -161,6 +163,7 @@ def start_dataset_evaluation(
         owner=owner,
         randomisation=sanity,
         keep_variant_sets=settings.randomisation_variant_sets,
+        passes_per_image=per_image,
     )
 
 

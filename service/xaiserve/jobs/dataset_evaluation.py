@@ -4,7 +4,8 @@ For each image: the heatmap of each method, its MoRF/LeRF/random curves and AOPC
 Eq. 12), localisation against the mask when there is one (μ, μ_w, precision/recall/F), and
 complexity, and — when asked — each method's model-parameter randomisation test (Adebayo et
 al. 2018; the similarity per stop averaged over the images, under ``randomisation``). Images
-are split into chunks of ``chunk_items``; any replica's worker runs a chunk
+are split into chunks sized to about ``chunk_seconds`` of compute
+(:mod:`xaiserve.jobs.chunk_sizing`); any replica's worker runs a chunk
 (:class:`DatasetEvaluationRunner`) and stores each image's evaluations losslessly
 (:mod:`xaiserve.jobs.codec`); the completion of the last chunk feeds them, in item order, to one
 :class:`DatasetAggregate` (the ``⟨·⟩_{p(x)}`` of Eq. 12), so the result is *identical* to a
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import io
 import logging
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -35,6 +37,7 @@ from xaiserve.evaluation.randomisation import RandomisationCurve, mean_curve
 from xaiserve.imaging.decode import ImageLimits, decode_encoded
 from xaiserve.imaging.preprocess import fit_to_input
 from xaiserve.jobs import codec
+from xaiserve.jobs.chunk_sizing import ChunkSizer
 from xaiserve.jobs.datasets import DatasetItem, dataset_folder, folder_items
 from xaiserve.jobs.operations import OperationStore, ProgressHandle
 from xaiserve.jobs.store import ChunkSpec, OperationRecord, StagedItem, StateStore, json_safe
@@ -82,8 +85,10 @@ def evaluation_spec(
     limit: int = 0,
     randomisation: RandomisationOptions | None = None,
     keep_variant_sets: int = DEFAULT_KEEP,
+    passes_per_image: int = 0,
 ) -> dict[str, Any]:
-    """What a replica needs to run a chunk (parameters fully resolved, seeds included)."""
+    """What a replica needs to run a chunk (parameters fully resolved, seeds included), and
+    the estimated forward passes per image (the chunk-size estimate learns from it)."""
     return {
         "model": model.name,
         "version": model.version,
@@ -97,6 +102,7 @@ def evaluation_spec(
             else {"stops": randomisation.stops, "seed": randomisation.seed}
         ),
         "keep_variant_sets": keep_variant_sets,
+        "passes_per_image": passes_per_image,
     }
 
 
@@ -166,9 +172,11 @@ def submit(
     owner: str = "",
     randomisation: RandomisationOptions | None = None,
     keep_variant_sets: int = DEFAULT_KEEP,
+    passes_per_image: int = 0,
 ) -> OperationRecord:
     """Record an ``evaluate_dataset`` operation: its spec, ``total`` items in chunks of
-    ``chunk_items``, and the client's staged items (one transaction); workers do the rest."""
+    ``chunk_items`` (:class:`~xaiserve.jobs.chunk_sizing.ChunkSizer` picks it from the cost
+    estimate), and the client's staged items (one transaction); workers do the rest."""
     return operations.start(
         KIND,
         evaluation_spec(
@@ -179,6 +187,7 @@ def submit(
             limit=limit,
             randomisation=randomisation,
             keep_variant_sets=keep_variant_sets,
+            passes_per_image=passes_per_image,
         ),
         chunks_of(total, chunk_items),
         items=staged,
@@ -270,12 +279,14 @@ class DatasetEvaluationRunner:
         limits: ImageLimits,
         datasets_dir: str,
         artifacts_root: str = "",
+        sizer: ChunkSizer | None = None,
     ) -> None:
         self.models = models
         self.store = store
         self.limits = limits
         self.datasets_dir = datasets_dir
         self.artifacts_root = artifacts_root
+        self.sizer = sizer
 
     def items(self, spec: dict[str, Any], model: Model, start: int, end: int, op_id: str
               ) -> list[DatasetItem]:
@@ -294,6 +305,7 @@ class DatasetEvaluationRunner:
         sanity = _randomisation(spec)
         keep = spec.get("keep_variant_sets", DEFAULT_KEEP)
         out = []
+        started = time.perf_counter()
         for k, item in enumerate(items, start=1):
             handle.check_cancelled()
             with bind(RequestContext(cancelled=handle.cancelled)):
@@ -301,6 +313,13 @@ class DatasetEvaluationRunner:
             out.append(codec.encode({"evaluations": per_method, "randomisation": curves}))
             handle.update(done=k, item_result=summary)
         handle.check_cancelled()
+        if self.sizer is not None:  # the next evaluation's chunks are sized from this one
+            self.sizer.observe(
+                model.name,
+                model.version,
+                len(items) * int(spec.get("passes_per_image", 0)),
+                time.perf_counter() - started,
+            )
         return out
 
     def finalize(self, op_id: str, spec: dict[str, Any], results: list[Any]) -> dict[str, Any]:

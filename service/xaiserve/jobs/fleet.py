@@ -21,6 +21,7 @@ from collections.abc import Callable
 from xaiserve.config import Settings
 from xaiserve.imaging.decode import ImageLimits
 from xaiserve.jobs import dataset_evaluation, gad_fitting
+from xaiserve.jobs.chunk_sizing import ChunkSizer
 from xaiserve.jobs.migrations import SchemaTooNew
 from xaiserve.jobs.operations import ChunkRunner, OperationStore, Retention, backoff
 from xaiserve.jobs.store import StoreUnavailable, open_store
@@ -45,6 +46,7 @@ class Fleet:
         self.settings = settings
         self.metrics = metrics
         self.store = open_store(settings.state_url, settings.data_dir)
+        sizer = ChunkSizer(settings.chunk_seconds, settings.chunk_items)
         self.operations = OperationStore(
             self.store,
             metrics,
@@ -53,10 +55,11 @@ class Fleet:
                 settings.operations_retention_count,
                 settings.operations_retention_days * 86400.0,
             ),
+            chunk_sizer=sizer,
         )
         runners: dict[str, ChunkRunner] = {
             dataset_evaluation.KIND: dataset_evaluation.DatasetEvaluationRunner(
-                models, self.store, limits, settings.datasets_dir, settings.artifacts_root
+                models, self.store, limits, settings.datasets_dir, settings.artifacts_root, sizer
             ),
             gad_fitting.KIND: gad_fitting.GadFitRunner(
                 models, self.store, limits, settings.datasets_dir

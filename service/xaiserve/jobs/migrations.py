@@ -66,6 +66,16 @@ MIGRATIONS: tuple[tuple[int, str, tuple[str, ...]], ...] = (
             )""",
         ),
     ),
+    (
+        2,
+        "a running operation's done is summed from its chunks on read",
+        (
+            # Before: the column held the chunks' sum while running; now it holds only what
+            # the operation counts itself, and reads add the chunks (jobs/sql_store.py).
+            "UPDATE operations SET done = 0 WHERE state IN ('PENDING', 'RUNNING') "
+            "AND EXISTS (SELECT 1 FROM chunks c WHERE c.operation_id = operations.id)",
+        ),
+    ),
 )
 
 LATEST = MIGRATIONS[-1][0]

@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from xaiserve.errors import Cancelled, InvalidInput, NotFound, Overloaded, XaiserveError
+from xaiserve.jobs.chunk_sizing import ChunkSizer
 from xaiserve.jobs.store import (
     ACTIVE,
     STATES,
@@ -120,7 +121,10 @@ class _Throttle:
 
 
 class ChunkHandle:
-    """A running chunk's view: progress into the store, cancellation from the heartbeat."""
+    """A running chunk's view. Progress inside the chunk (``done``, the per-item result) is
+    kept here and carried to the store by the worker's heartbeat thread, coalesced: the
+    computation never waits for the store to report progress. Cancellation comes back the
+    same way (the heartbeat learns the operation ended, or that the lease was lost)."""
 
     def __init__(self, store: StateStore, chunk: Chunk, worker: str) -> None:
         self.store = store
@@ -129,6 +133,10 @@ class ChunkHandle:
         self.cancelled = threading.Event()
         self.reason = ""
         self.finished = threading.Event()  # set by the worker when the runner returned
+        self.wake = threading.Event()  # progress to report, or finished: the heartbeat looks
+        self._lock = threading.Lock()
+        self._done: int | None = None
+        self._item_result: dict[str, Any] | None = None
 
     @property
     def id(self) -> str:
@@ -143,21 +151,44 @@ class ChunkHandle:
         progress: dict[str, float] | None = None,
         item_result: dict[str, Any] | None = None,
     ) -> None:
-        try:
-            if done is not None:
-                if not self.store.chunk_progress(self.chunk, self.worker, done, item_result):
-                    self.cancel("the chunk's lease was lost")
-                item_result = None
-            if total is not None or message is not None or progress or item_result is not None:
+        if done is not None or item_result is not None:
+            with self._lock:
+                if done is not None:
+                    self._done = done
+                if item_result is not None:
+                    self._item_result = item_result
+            self.wake.set()
+        if total is not None or message is not None or progress:
+            try:  # rare (a job's phases): written at once
                 self.store.update_progress(
-                    self.chunk.operation_id,
-                    total=total,
-                    message=message,
-                    progress=progress,
-                    item_result=item_result,
+                    self.chunk.operation_id, total=total, message=message, progress=progress
                 )
-        except StoreUnavailable as exc:  # progress is best effort; the result is not
-            log.warning("progress of %s not stored: %s", self.id, exc.message)
+            except StoreUnavailable as exc:  # progress is best effort; the result is not
+                log.warning("progress of %s not stored: %s", self.id, exc.message)
+
+    @property
+    def has_progress(self) -> bool:
+        with self._lock:
+            return self._done is not None or self._item_result is not None
+
+    def take_progress(self) -> tuple[int | None, dict[str, Any] | None]:
+        """The progress not yet reported (and forget it)."""
+        with self._lock:
+            out = (self._done, self._item_result)
+            self._done = self._item_result = None
+        return out
+
+    def restore_progress(self, done: int | None, item_result: dict[str, Any] | None) -> None:
+        """Progress that could not be reported (store unreachable), unless newer came since."""
+        with self._lock:
+            if self._done is None:
+                self._done = done
+            if self._item_result is None:
+                self._item_result = item_result
+
+    def finish(self) -> None:
+        self.finished.set()
+        self.wake.set()
 
     def cancel(self, reason: str) -> None:
         self.reason = self.reason or reason
@@ -242,6 +273,7 @@ class OperationStore:
         metrics: Metrics,
         max_active: int = 16,
         retention: Retention | None = None,
+        chunk_sizer: ChunkSizer | None = None,
     ) -> None:
         if store is None or isinstance(store, str):
             store = open_store(store or "")
@@ -250,6 +282,7 @@ class OperationStore:
         self.metrics = metrics
         self.max_active = max_active
         self.retention = retention or Retention()
+        self.chunk_sizer = chunk_sizer or ChunkSizer()
         self._local: dict[str, tuple[threading.Thread, LocalHandle]] = {}
         self._lock = threading.Lock()
         self._known_kinds: set[str] = set()

@@ -37,6 +37,18 @@ _OP_COLUMNS = (
     "id, kind, state, owner, spec, done, total, message, progress, item_result, result, "
     "error_code, error_message, created, updated, revision"
 )
+# An operation's ``done`` as read: while it runs, its own column (operations run in one
+# process) plus the items done in its chunks, summed on read so no write has to re-sum them;
+# once it has ended, the column alone (the sum is folded in by the ending transition, so a
+# chunk finishing after a cancel does not move it).
+_CHUNKS_DONE = (
+    "COALESCE((SELECT SUM(c.items_done) FROM chunks c WHERE c.operation_id = operations.id), 0)"
+)
+_OP_SELECT = _OP_COLUMNS.replace(
+    " done,",
+    f" CASE WHEN state IN ('SUCCEEDED', 'FAILED', 'CANCELLED') THEN done "
+    f"ELSE done + {_CHUNKS_DONE} END,",
+)
 
 
 class Cursor(Protocol):
@@ -75,6 +87,10 @@ def _record(row: Sequence[Any]) -> OperationRecord:
     )
 
 
+def _dumps_or_none(value: Any) -> str | None:
+    return None if value is None else dumps(value)
+
+
 def _in(values: Sequence[str]) -> str:
     return "(" + ", ".join("?" for _ in values) + ")"
 
@@ -92,6 +108,11 @@ class SqlStateStore(StateStore):
     @abc.abstractmethod
     def _migration_tx(self) -> contextlib.AbstractContextManager[Cursor]:
         """A transaction holding the migration lock."""
+
+    def _stmt(self) -> contextlib.AbstractContextManager[Cursor]:
+        """For one statement, atomic by itself: PostgreSQL runs it in autocommit (no BEGIN and
+        COMMIT round trips); SQLite in a transaction like any other."""
+        return self._tx()
 
     # -- lifecycle -----------------------------------------------------------------------------
     def migrate(self) -> int:
@@ -117,7 +138,7 @@ class SqlStateStore(StateStore):
             return [int(r[0]) for r in cur.fetchall()]
 
     def ping(self) -> None:
-        with self._tx() as cur:
+        with self._stmt() as cur:
             cur.execute("SELECT 1")
             cur.fetchone()
 
@@ -162,17 +183,17 @@ class SqlStateStore(StateStore):
                     "VALUES (?, ?, ?, ?)",
                     (record.id, i, chunk.start, chunk.end),
                 )
-            cur.execute(f"SELECT {_OP_COLUMNS} FROM operations WHERE id = ?", (record.id,))
+            cur.execute(f"SELECT {_OP_SELECT} FROM operations WHERE id = ?", (record.id,))
             return _record(cur.fetchone())
 
     def get_operation(self, op_id: str) -> OperationRecord | None:
-        with self._tx() as cur:
-            cur.execute(f"SELECT {_OP_COLUMNS} FROM operations WHERE id = ?", (op_id,))
+        with self._stmt() as cur:
+            cur.execute(f"SELECT {_OP_SELECT} FROM operations WHERE id = ?", (op_id,))
             row = cur.fetchone()
         return None if row is None else _record(row)
 
     def revision(self, op_id: str) -> int | None:
-        with self._tx() as cur:
+        with self._stmt() as cur:
             cur.execute("SELECT revision FROM operations WHERE id = ?", (op_id,))
             row = cur.fetchone()
         return None if row is None else int(row[0])
@@ -188,9 +209,9 @@ class SqlStateStore(StateStore):
             where.append("(created > ? OR (created = ? AND id > ?))")
             params += [created, created, last]
         clause = ("WHERE " + " AND ".join(where)) if where else ""
-        with self._tx() as cur:
+        with self._stmt() as cur:
             cur.execute(
-                f"SELECT {_OP_COLUMNS} FROM operations {clause} ORDER BY created, id LIMIT ?",
+                f"SELECT {_OP_SELECT} FROM operations {clause} ORDER BY created, id LIMIT ?",
                 (*params, page_size + 1),
             )
             rows = [_record(r) for r in cur.fetchall()]
@@ -210,7 +231,7 @@ class SqlStateStore(StateStore):
         item_result: dict[str, Any] | None = None,
     ) -> bool:
         sets, params = self._progress_sets(done, total, message, item_result)
-        with self._tx() as cur:
+        with self._tx() if progress is not None else self._stmt() as cur:
             if progress is not None:
                 cur.execute(f"SELECT progress FROM operations WHERE id = ?{self.LOCK_OP}", (op_id,))
                 row = cur.fetchone()
@@ -258,7 +279,7 @@ class SqlStateStore(StateStore):
         error_message: str = "",
         message: str | None = None,
     ) -> bool:
-        with self._tx() as cur:
+        with self._stmt() as cur:
             return self._transition(
                 cur, op_id, to_state, from_states, result, error_code, error_message, message
             )
@@ -278,6 +299,8 @@ class SqlStateStore(StateStore):
         if message is not None:
             extra = ", message = ?"
             params.append(message)
+        if to_state in TERMINAL and not set(from_states) & set(TERMINAL):
+            extra += f", done = done + {_CHUNKS_DONE}"  # frozen from now on (see _OP_SELECT)
         cur.execute(
             f"UPDATE operations SET state = ?, result = ?, error_code = ?, error_message = ?"
             f"{extra}, updated = {self.NOW}, revision = revision + 1 "
@@ -295,12 +318,12 @@ class SqlStateStore(StateStore):
         return bool(cur.rowcount)
 
     def count_active(self) -> int:
-        with self._tx() as cur:
+        with self._stmt() as cur:
             cur.execute(f"SELECT COUNT(*) FROM operations WHERE state IN {_in(ACTIVE)}", ACTIVE)
             return int(cur.fetchone()[0])
 
     def counts(self) -> dict[tuple[str, str], int]:
-        with self._tx() as cur:
+        with self._stmt() as cur:
             cur.execute("SELECT kind, state, COUNT(*) FROM operations GROUP BY kind, state")
             return {(r[0], r[1]): int(r[2]) for r in cur.fetchall()}
 
@@ -331,10 +354,12 @@ class SqlStateStore(StateStore):
         return deleted
 
     # -- chunks --------------------------------------------------------------------------------
+    # An operation's ``done`` is the sum of its chunks' ``items_done``, computed on read
+    # (``_OP_SELECT``); a chunk change bumps the operation's ``revision`` so watchers see it.
     def claim_chunk(self, worker: str, lease_seconds: float) -> Chunk | None:
         with self._tx() as cur:
             cur.execute(
-                "SELECT c.operation_id, c.idx FROM chunks c "
+                "SELECT c.operation_id, c.idx, c.items_done FROM chunks c "
                 "JOIN operations o ON o.id = c.operation_id "
                 f"WHERE o.state IN {_in(ACTIVE)} AND (c.status = 'pending' OR "
                 f"(c.status = 'running' AND c.lease_expires < {self.NOW})) "
@@ -344,7 +369,7 @@ class SqlStateStore(StateStore):
             row = cur.fetchone()
             if row is None:
                 return None
-            op_id, idx = row[0], int(row[1])
+            op_id, idx, before = row[0], int(row[1]), int(row[2])
             cur.execute(
                 f"UPDATE chunks SET status = 'running', lease_owner = ?, "
                 f"lease_expires = {self.NOW} + ?, attempts = attempts + 1, items_done = 0 "
@@ -358,30 +383,39 @@ class SqlStateStore(StateStore):
                 (op_id, idx),
             )
             start, end, attempts, kind, spec = cur.fetchone()
+            # PENDING → RUNNING; a re-claimed chunk's progress went back to 0 (a change).
             cur.execute(
                 f"UPDATE operations SET state = 'RUNNING', updated = {self.NOW}, "
-                "revision = revision + 1 WHERE id = ? AND state = 'PENDING'",
-                (op_id,),
+                "revision = revision + 1 WHERE id = ? AND (state = 'PENDING' OR "
+                f"(? > 0 AND state IN {_in(ACTIVE)}))",
+                (op_id, before, *ACTIVE),
             )
-            self._sum_done(cur, op_id)
         return Chunk(op_id, idx, int(start), int(end), int(attempts), kind, json.loads(spec))
 
-    def _sum_done(self, cur: Cursor, op_id: str) -> None:
-        cur.execute(
-            "UPDATE operations SET done = (SELECT COALESCE(SUM(items_done), 0) FROM chunks "
-            f"WHERE operation_id = ?), updated = {self.NOW}, revision = revision + 1 "
-            f"WHERE id = ? AND state IN {_in(ACTIVE)}",
-            (op_id, op_id, *ACTIVE),
-        )
-
-    def heartbeat(self, chunk: Chunk, worker: str, lease_seconds: float) -> Heartbeat:
+    def heartbeat(
+        self,
+        chunk: Chunk,
+        worker: str,
+        lease_seconds: float | None,
+        items_done: int | None = None,
+        item_result: dict[str, Any] | None = None,
+    ) -> Heartbeat:
+        moved = items_done is not None or item_result is not None
         with self._tx() as cur:
             cur.execute(
-                f"UPDATE chunks SET lease_expires = {self.NOW} + ? WHERE operation_id = ? "
+                f"UPDATE chunks SET lease_expires = COALESCE({self.NOW} + ?, lease_expires), "
+                "items_done = COALESCE(?, items_done) WHERE operation_id = ? "
                 "AND idx = ? AND lease_owner = ? AND status = 'running'",
-                (lease_seconds, chunk.operation_id, chunk.index, worker),
+                (lease_seconds, items_done, chunk.operation_id, chunk.index, worker),
             )
             held = bool(cur.rowcount)
+            if held and moved:
+                cur.execute(
+                    "UPDATE operations SET item_result = COALESCE(?, item_result), "
+                    f"updated = {self.NOW}, revision = revision + 1 "
+                    f"WHERE id = ? AND state IN {_in(ACTIVE)}",
+                    (_dumps_or_none(item_result), chunk.operation_id, *ACTIVE),
+                )
             cur.execute("SELECT state FROM operations WHERE id = ?", (chunk.operation_id,))
             row = cur.fetchone()
         return Heartbeat(held=held, state=row[0] if row else "DELETED")
@@ -389,21 +423,7 @@ class SqlStateStore(StateStore):
     def chunk_progress(
         self, chunk: Chunk, worker: str, items_done: int, item_result: dict[str, Any] | None
     ) -> bool:
-        with self._tx() as cur:
-            cur.execute(
-                "UPDATE chunks SET items_done = ? WHERE operation_id = ? AND idx = ? "
-                "AND lease_owner = ? AND status = 'running'",
-                (items_done, chunk.operation_id, chunk.index, worker),
-            )
-            if not cur.rowcount:
-                return False
-            if item_result is not None:
-                cur.execute(
-                    f"UPDATE operations SET item_result = ? WHERE id = ? AND state IN {_in(ACTIVE)}",
-                    (dumps(item_result), chunk.operation_id, *ACTIVE),
-                )
-            self._sum_done(cur, chunk.operation_id)
-            return True
+        return self.heartbeat(chunk, worker, None, items_done, item_result).held
 
     def release_chunk(self, chunk: Chunk, worker: str) -> None:
         with self._tx() as cur:
@@ -413,35 +433,30 @@ class SqlStateStore(StateStore):
                 "AND status = 'running'",
                 (chunk.operation_id, chunk.index, worker),
             )
-            self._sum_done(cur, chunk.operation_id)
+            if cur.rowcount:
+                self._bump(cur, chunk.operation_id)
+
+    def _bump(self, cur: Cursor, op_id: str, item_result: dict[str, Any] | None = None) -> None:
+        cur.execute(
+            f"UPDATE operations SET item_result = COALESCE(?, item_result), "
+            f"updated = {self.NOW}, revision = revision + 1 "
+            f"WHERE id = ? AND state IN {_in(ACTIVE)}",
+            (_dumps_or_none(item_result), op_id, *ACTIVE),
+        )
 
     def complete_chunk(
-        self, chunk: Chunk, worker: str, result: Any, finalize: Finalizer | None = None
+        self,
+        chunk: Chunk,
+        worker: str,
+        result: Any,
+        finalize: Finalizer | None = None,
+        item_result: dict[str, Any] | None = None,
     ) -> Completion:
-        with self._tx() as cur:
-            # Lock the operation row: completions of one operation are serialised, so exactly
-            # one of them sees the last chunk done (READ COMMITTED would let two both miss it).
-            cur.execute(
-                f"SELECT state FROM operations WHERE id = ?{self.LOCK_OP}", (chunk.operation_id,)
-            )
-            row = cur.fetchone()
-            if row is None:
+        with self._completion_tx() as cur:
+            state, stored, remaining = self._lock_and_store(cur, chunk, result, item_result)
+            if state is None:
                 return Completion(False, False, "DELETED")
-            cur.execute(
-                "UPDATE chunks SET status = 'done', result = ?, "
-                "items_done = end_item - start_item, lease_owner = '' "
-                "WHERE operation_id = ? AND idx = ? AND status <> 'done'",
-                (dumps(result), chunk.operation_id, chunk.index),
-            )
-            stored = bool(cur.rowcount)
-            cur.execute(
-                "SELECT COUNT(*) FROM chunks WHERE operation_id = ? AND status <> 'done'",
-                (chunk.operation_id,),
-            )
-            remaining = int(cur.fetchone()[0])
-            self._sum_done(cur, chunk.operation_id)
-            state = row[0]
-            if remaining or state not in ACTIVE or finalize is None:
+            if not stored or remaining or state not in ACTIVE or finalize is None:
                 return Completion(stored, False, state)
             # The last chunk: aggregate and end the operation in this same transaction, so a
             # crash here leaves the chunk undone (re-claimed after its lease), never a
@@ -463,8 +478,42 @@ class SqlStateStore(StateStore):
             )
         return Completion(stored, True, outcome.state)
 
+    def _completion_tx(self) -> contextlib.AbstractContextManager[Cursor]:
+        return self._tx()
+
+    def _lock_and_store(
+        self, cur: Cursor, chunk: Chunk, result: Any, item_result: dict[str, Any] | None
+    ) -> tuple[str | None, bool, int]:
+        """Lock the operation row first, in its own statement: completions of one operation
+        are serialised, and the statements after it see every completion committed before
+        (READ COMMITTED takes a snapshot per statement), so exactly one of them sees the last
+        chunk done. Then store the result unless the chunk is done already (first wins) and
+        bump the operation. Returns (the operation's state or None if it is gone, stored,
+        chunks of the operation still not done)."""
+        cur.execute(
+            f"SELECT state FROM operations WHERE id = ?{self.LOCK_OP}", (chunk.operation_id,)
+        )
+        row = cur.fetchone()
+        if row is None:
+            return None, False, 0
+        cur.execute(
+            "UPDATE chunks SET status = 'done', result = ?, "
+            "items_done = end_item - start_item, lease_owner = '' "
+            "WHERE operation_id = ? AND idx = ? AND status <> 'done'",
+            (dumps(result), chunk.operation_id, chunk.index),
+        )
+        stored = bool(cur.rowcount)
+        cur.execute(
+            "SELECT COUNT(*) FROM chunks WHERE operation_id = ? AND status <> 'done'",
+            (chunk.operation_id,),
+        )
+        remaining = int(cur.fetchone()[0])
+        if stored:
+            self._bump(cur, chunk.operation_id, item_result)
+        return str(row[0]), stored, remaining
+
     def chunk_results(self, op_id: str) -> list[Any]:
-        with self._tx() as cur:
+        with self._stmt() as cur:
             cur.execute(
                 "SELECT result FROM chunks WHERE operation_id = ? AND status = 'done' ORDER BY idx",
                 (op_id,),
@@ -472,7 +521,7 @@ class SqlStateStore(StateStore):
             return [json.loads(r[0]) for r in cur.fetchall()]
 
     def pending_chunks(self) -> int:
-        with self._tx() as cur:
+        with self._stmt() as cur:
             cur.execute(
                 "SELECT COUNT(*) FROM chunks c JOIN operations o ON o.id = c.operation_id "
                 f"WHERE c.status <> 'done' AND o.state IN {_in(ACTIVE)}",
@@ -481,7 +530,7 @@ class SqlStateStore(StateStore):
             return int(cur.fetchone()[0])
 
     def staged_items(self, op_id: str, start: int, end: int) -> list[StagedItem]:
-        with self._tx() as cur:
+        with self._stmt() as cur:
             cur.execute(
                 "SELECT idx, name, label, image, mask FROM staged_items WHERE operation_id = ? "
                 "AND idx >= ? AND idx < ? ORDER BY idx",

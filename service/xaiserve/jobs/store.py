@@ -271,13 +271,23 @@ class StateStore(abc.ABC):
         """Claim one pending chunk (or one whose lease ran out) of an active operation."""
 
     @abc.abstractmethod
-    def heartbeat(self, chunk: Chunk, worker: str, lease_seconds: float) -> Heartbeat:
-        """Extend the lease; tells whether the lease is still ours and the operation active."""
+    def heartbeat(
+        self,
+        chunk: Chunk,
+        worker: str,
+        lease_seconds: float | None,
+        items_done: int | None = None,
+        item_result: dict[str, Any] | None = None,
+    ) -> Heartbeat:
+        """Extend the lease (``None``: leave it) and, while it is ours, record the progress
+        inside the chunk (the operation's ``done`` is the sum over its chunks) and the latest
+        per-item result; tells whether the lease is still ours and the operation active."""
 
     @abc.abstractmethod
     def chunk_progress(self, chunk: Chunk, worker: str, items_done: int,
                        item_result: dict[str, Any] | None) -> bool:
-        """Record progress inside a chunk; the operation's ``done`` is the sum over chunks."""
+        """Record progress inside a chunk (a heartbeat that leaves the lease); False when the
+        lease is no longer ours."""
 
     @abc.abstractmethod
     def release_chunk(self, chunk: Chunk, worker: str) -> None:
@@ -285,11 +295,16 @@ class StateStore(abc.ABC):
 
     @abc.abstractmethod
     def complete_chunk(
-        self, chunk: Chunk, worker: str, result: Any, finalize: Finalizer | None = None
+        self,
+        chunk: Chunk,
+        worker: str,
+        result: Any,
+        finalize: Finalizer | None = None,
+        item_result: dict[str, Any] | None = None,
     ) -> Completion:
-        """Store the chunk's result unless it is already stored (first result wins); when it
-        was the last chunk of an active operation, end the operation with ``finalize``'s
-        outcome in the same transaction."""
+        """Store the chunk's result unless it is already stored (first result wins), with the
+        chunk's last per-item result; when it was the last chunk of an active operation, end
+        the operation with ``finalize``'s outcome in the same transaction."""
 
     @abc.abstractmethod
     def chunk_results(self, op_id: str) -> list[Any]:

@@ -7,10 +7,15 @@ result (first result wins) — the last chunk's completion ends the operation in
 transaction. The heartbeat cancels the chunk's work when the operation has ended (a cancel from
 any replica) or the lease was lost, so a cancel stops work within about one heartbeat.
 
+The computation never waits for the store between claim and completion: progress inside the
+chunk is handed to the heartbeat thread, which writes it (coalesced, at most every
+:data:`PROGRESS_S`) in the same statement that extends the lease, and the chunk's last per-item
+result travels with its completion.
+
 Failure behaviour:
 
 * the store unreachable while a chunk runs: the work goes on; heartbeats and progress are
-  retried; the result is kept and stored, with backoff, once the store is back. If the lease ran
+  retried (a chunk that cannot read its staged items is handed back and retried, never failed); the result is kept and stored, with backoff, once the store is back. If the lease ran
   out meanwhile and another replica ran the chunk too, the first stored result wins and the
   other is discarded — the chunk counts once either way;
 * a replica killed: its leases run out and other replicas claim its chunks;
@@ -23,6 +28,7 @@ Failure behaviour:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
@@ -45,6 +51,10 @@ from xaiserve.observability import Metrics
 
 log = logging.getLogger(__name__)
 
+PROGRESS_S = 0.5
+"""Progress inside a chunk reaches the store at most this often, riding on the heartbeat (a
+watcher polls every 0.2 s, so it sees progress made on any replica within 0.7 s)."""
+
 
 def replica_name() -> str:
     """Host name and pid: which replica holds a lease (shown in logs)."""
@@ -61,6 +71,7 @@ class WorkerPool:
         workers: int = 2,
         lease_seconds: float = 30.0,
         heartbeat_seconds: float = 0.5,
+        progress_seconds: float = PROGRESS_S,
         poll_seconds: float = 0.25,
         housekeeping: Callable[[], None] | None = None,
         housekeeping_seconds: float = 2.0,
@@ -71,6 +82,7 @@ class WorkerPool:
         self.workers = workers
         self.lease_seconds = lease_seconds
         self.heartbeat_seconds = min(heartbeat_seconds, lease_seconds / 3)
+        self.progress_seconds = min(progress_seconds, self.heartbeat_seconds)
         self.poll_seconds = poll_seconds
         self.replica = replica_name()
         self._housekeeping = housekeeping
@@ -170,6 +182,12 @@ class WorkerPool:
             result = runner.run(chunk, handle)
         except Cancelled:
             result, outcome = None, "cancelled"
+        except StoreUnavailable as exc:
+            # The chunk could not read its inputs (staged items) from the store: not the
+            # operation's fault. Hand the chunk back (or let its lease run out) and retry later.
+            log.warning("chunk %d of %s interrupted: %s", chunk.index, chunk.operation_id,
+                        exc.message)
+            result, outcome = None, "interrupted"
         except XaiserveError as exc:
             result, outcome = None, "failed"
             self._fail(chunk, exc.status.value, exc.message)
@@ -180,29 +198,56 @@ class WorkerPool:
         else:
             outcome = "done"
         finally:
-            handle.finished.set()
+            handle.finish()
             beat.join()
             with self._lock:
                 self._running.pop(f"{chunk.operation_id}/{chunk.index}", None)
         if outcome == "done":
-            self._complete(chunk, worker, runner, result)
+            self._complete(chunk, worker, runner, result, handle.take_progress()[1])
         elif outcome == "cancelled" and handle.reason == SHUTDOWN_MESSAGE:
             self._release(chunk, worker)
+        elif outcome == "interrupted":
+            with contextlib.suppress(StoreUnavailable):  # else the lease runs out instead
+                self.store.release_chunk(chunk, worker)
+            self._stopping.wait(backoff(2))
         self.metrics.chunks_total.labels(outcome=outcome).inc()
 
     def _heartbeat(self, chunk: Chunk, worker: str, handle: ChunkHandle) -> None:
-        # An event, not a sleep: the worker joins this thread as soon as its chunk is done.
-        while not handle.finished.wait(self.heartbeat_seconds):
+        """Extend the lease every ``heartbeat_seconds`` and carry the chunk's progress (at most
+        every ``progress_seconds``) in the same statement; cancel the work when the operation
+        ended or the lease was lost. Waits on an event, so the worker joins this thread as soon
+        as its chunk is done."""
+        last = time.monotonic()
+        while True:
+            due = last + self.heartbeat_seconds
+            if handle.has_progress:
+                due = min(due, last + self.progress_seconds)
+            handle.wake.wait(max(0.0, due - time.monotonic()))
+            handle.wake.clear()
+            if handle.finished.is_set():
+                return
+            if time.monotonic() < due:
+                continue  # woken by new progress: wait until it is due
+            done, item_result = handle.take_progress()
+            last = time.monotonic()
             try:
-                beat = self.store.heartbeat(chunk, worker, self.lease_seconds)
+                beat = self.store.heartbeat(chunk, worker, self.lease_seconds, done, item_result)
             except StoreUnavailable:
+                handle.restore_progress(done, item_result)
                 continue  # keep working; the result is stored once the store is back
             if not beat.held:
                 handle.cancel("the chunk's lease ran out and another worker took it")
             elif beat.state not in ("PENDING", "RUNNING"):
                 handle.cancel(f"the operation is {beat.state}")
 
-    def _complete(self, chunk: Chunk, worker: str, runner: ChunkRunner, result: Any) -> None:
+    def _complete(
+        self,
+        chunk: Chunk,
+        worker: str,
+        runner: ChunkRunner,
+        result: Any,
+        item_result: dict[str, Any] | None = None,
+    ) -> None:
         def finalize(results: list[Any]) -> Outcome:
             try:
                 return Outcome("SUCCEEDED", runner.finalize(chunk.operation_id, chunk.spec, results), message="done")
@@ -215,7 +260,9 @@ class WorkerPool:
         attempt = 0
         while True:
             try:
-                completion = self.store.complete_chunk(chunk, worker, result, finalize)
+                completion = self.store.complete_chunk(
+                    chunk, worker, result, finalize, item_result
+                )
                 break
             except StoreUnavailable as exc:
                 if attempt == 0:
