@@ -24,6 +24,8 @@ the paper's methods: gradient, gradient×input, IG, LRP ε and LRP_CMP, guided b
 
 Run: ``PYTHONPATH=service:. .venv/bin/python bench/sanity.py [--quick]``. ``--quick``: the
 demo model, and ResNet-50 with 2 stops and the gradient only (≈ 1–2 minutes on 2 cores).
+``--methods 'gradient,LRP_CMP'`` runs only the methods with those labels, ``--demo-only`` skips
+ResNet-50 (to keep one run under the CPU lock short).
 """
 
 from __future__ import annotations
@@ -142,7 +144,18 @@ def main() -> int:
     parser.add_argument(
         "--clock", choices=("cpu", "wall"), default="cpu", help="process CPU seconds or wall time"
     )
+    parser.add_argument(
+        "--methods",
+        default="",
+        help="comma-separated labels of the methods to run (default: all), e.g. 'gradient,LRP_CMP'",
+    )
+    parser.add_argument("--demo-only", action="store_true", help="skip ResNet-50")
     args = parser.parse_args()
+    chosen = {m.strip() for m in args.methods.split(",") if m.strip()}
+
+    def wanted(label: str) -> bool:
+        return not chosen or label in chosen
+
     if args.quick:
         args.repeats = min(args.repeats, 2)
     import torch
@@ -164,6 +177,8 @@ def main() -> int:
     image = demo_images(1)[0]
     demo_methods = [*PAPER_METHODS, ("regional PD", "regional_prediction_difference", {})]
     for label, method, overrides in demo_methods:
+        if not wanted(label):
+            continue
         row, curve = time_method(
             f"demo / {label}",
             demo,
@@ -187,10 +202,14 @@ def main() -> int:
             ("regional PD", "regional_prediction_difference", {}),
         ]
         stops = 10
+    if args.demo_only:
+        resnet_runs = []
     onnx_path = torchvision_onnx("resnet50")
     resnet = load_model(model_repo("resnet50", onnx_path, 224, 1000), "resnet50")
     r_image = smooth_image(224)
     for label, method, overrides in resnet_runs:
+        if not wanted(label):
+            continue
         row, _ = time_method(
             f"resnet50 / {label}",
             resnet,
@@ -209,6 +228,8 @@ def main() -> int:
         header,
         rows,
     )
+    if not curves:
+        return 0
     first = curves[0][1]
     depth_header = ["method"] + [str(d) for d in first.depths]
     print_table(

@@ -132,3 +132,63 @@ def test_hog_descriptor_matches_scikit_image(shape: tuple[int, int]) -> None:
         feature_vector=True,
     )
     np.testing.assert_allclose(hog_descriptor(a), expected, atol=1e-6)
+
+
+def _maps_with_ties(shape: tuple[int, int], seed: int) -> np.ndarray:
+    """Signed, non-negative, tied (exact zeros, rounded values) and constant maps."""
+    rng = np.random.default_rng(seed)
+    signed = rng.normal(size=shape)
+    zeros = np.where(rng.random(shape) < 0.4, 0.0, signed)  # runs of exact zeros, as in ReLU maps
+    return np.stack(
+        [signed, np.abs(signed), np.round(2 * signed), zeros, np.full(shape, 3.0), -signed]
+    )
+
+
+@pytest.mark.parametrize("shape", [(64, 64), (30, 41), (9, 9)])
+def test_stacked_similarities_match_scipy_and_scikit_image(shape: tuple[int, int]) -> None:
+    """The vectorised figures for a stack of maps against two independent implementations:
+    scipy's Spearman ρ and scikit-image's SSIM, map by map (and the HOG of the single-map
+    path), with ties, exact zeros and a constant map in the stack."""
+    from scipy.stats import spearmanr
+    from skimage.metrics import structural_similarity
+
+    from xaiserve.evaluation.randomisation import ReferenceMap
+
+    maps = _maps_with_ties(shape, seed=sum(shape))
+    for original in (maps[0], maps[3], maps[1]):
+        reference = ReferenceMap(original)
+        stacked = reference.similarities(maps)
+        for b, sim in zip(maps, stacked, strict=True):
+            alone = reference.similarity(b).as_dict()
+            assert sim.as_dict() == pytest.approx(alone, abs=1e-12, nan_ok=True)
+            if np.ptp(b) == 0:
+                assert sim.spearman_abs == 0.0 and sim.spearman_signed == 0.0
+                continue
+            rho_abs = spearmanr(np.abs(original).ravel(), np.abs(b).ravel()).statistic
+            rho = spearmanr(original.ravel(), b.ravel()).statistic
+            assert sim.spearman_abs == pytest.approx(rho_abs, abs=1e-12)
+            assert sim.spearman_signed == pytest.approx(rho, abs=1e-12)
+            expected = structural_similarity(
+                normalise_abs(original), normalise_abs(b), data_range=1.0, win_size=7
+            )
+            assert sim.ssim == pytest.approx(expected, abs=1e-12)
+
+
+def test_average_ranks_match_scipy_rankdata_row_by_row() -> None:
+    from scipy.stats import rankdata
+
+    from xaiserve.evaluation.randomisation import average_ranks
+
+    rows = _maps_with_ties((12, 13), seed=4).reshape(6, -1)
+    np.testing.assert_array_equal(average_ranks(rows), rankdata(rows, axis=1))
+
+
+def test_non_finite_map_in_a_stack_gives_nan_only_for_itself() -> None:
+    from xaiserve.evaluation.randomisation import ReferenceMap
+
+    maps = _maps_with_ties((32, 32), seed=5)
+    maps[2, 3, 4] = np.inf
+    sims = ReferenceMap(maps[0]).similarities(maps)
+    assert all(math.isnan(v) for v in sims[2].as_dict().values())
+    assert sims[0].spearman_abs == pytest.approx(1.0) and sims[0].hog == pytest.approx(1.0)
+    assert not math.isnan(sims[1].ssim)
