@@ -1,11 +1,20 @@
 """First request vs steady state, with warm-up at load off (before) and on (after).
 
-For each method, a fresh server (its own process) is started and becomes ready; the first
-request of that method is timed, then ``--repeats`` more give the steady-state median. The
-ratio first ÷ steady is printed with ``XAISERVE_WARMUP=0`` (the old behaviour: the first request
-pays onnxruntime's first runs and, for white-box methods, building the torch module) and with
-warm-up on (the default). Goal: first ≤ 1.5 × steady for every method with warm-up on.
-``--quick``: the demo model; otherwise ResNet-18 (random weights, 224²).
+For each method, a fresh server (its own process) is started and becomes ready (its health
+check says SERVING, as a readiness probe would see before traffic arrives; the client's
+connection is made then, so the first request does not pay the TCP/HTTP/2 handshake). The first
+request of that method is timed, then ``--repeats`` more give the steady-state median. Every
+request sends a different image, as production traffic does: a repeated image would be served
+from the segmentation cache and make the "steady state" of the segmenting methods a cache hit.
+Every request, the first included, comes after the same idle pause (``--gap``, 0.5 s): a server
+left idle lets its thread pools sleep (onnxruntime's spinning threads, the batcher), and the
+next request pays their wake-up (≈1 ms here) whether it is the first or the hundredth — a cost
+of idleness, not of a cold start, which back-to-back "steady" requests would hide.
+The ratio first ÷ steady is printed with ``XAISERVE_WARMUP=0`` (the first request pays every
+cold start) and with warm-up on (the default: forward passes, the torch pool, one run of each
+method; ``models/warmup.py``), with the server's own warm-up seconds. Goal: first ≤ 1.5 ×
+steady for every method with warm-up on. ``--quick``: the demo model; otherwise ResNet-18
+(random weights, 224²).
 """
 
 from __future__ import annotations
@@ -24,46 +33,58 @@ from _common import REPO, ServerProcess, model_repo, print_table, torchvision_on
 METHODS = {
     "predict": None,
     "regional_prediction_difference": {"scales": 3, "seed": 0},
+    "contextual_importance": {},
+    "pixelwise_prediction_difference": {"stride": 32},
     "lrp": {"composite": "epsilon_plus_flat"},
     "integrated_gradients": {"steps": 16},
+    "guided_backprop": {},
 }
 
 
 def first_and_steady(
-    models_dir: Path, model: str, size: int, method: str, warmup: bool, repeats: int
-) -> tuple[float, float]:
+    models_dir: Path, model: str, size: int, method: str, warmup: bool, repeats: int, gap: float
+) -> tuple[float, float, float]:
     from xaiserve_client import ExplainClient
 
-    image = np.random.default_rng(0).integers(0, 256, (size, size, 3), dtype=np.uint8)
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 256, (size, size, 3), dtype=np.uint8) for _ in range(repeats + 1)]
+    started = time.perf_counter()
     server = ServerProcess(models_dir, XAISERVE_WARMUP="1" if warmup else "0")
+    ready = time.perf_counter() - started
     try:
         with ExplainClient(f"127.0.0.1:{server.port}", timeout=600) as client:
+            client.wait_for_server()
             params = METHODS[method]
 
-            def call() -> None:
+            def call(image: np.ndarray) -> float:
+                time.sleep(gap)
+                t = time.perf_counter()
                 if params is None:
                     client.predict(image, model)
                 else:
                     client.explain(image, method, model, target=0, **params)
+                return time.perf_counter() - t
 
-            t = time.perf_counter()
-            call()
-            first = time.perf_counter() - t
-            steady = []
-            for _ in range(repeats):
-                t = time.perf_counter()
-                call()
-                steady.append(time.perf_counter() - t)
+            first = call(images[0])
+            steady = [call(image) for image in images[1:]]
     finally:
         server.close()
-    return first, statistics.median(steady)
+    return first, statistics.median(steady), ready
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--repeats", type=int, default=0)
+    parser.add_argument("--gap", type=float, default=0.5, help="idle seconds before each request")
+    parser.add_argument(
+        "--methods", default=",".join(METHODS), help="comma-separated subset of: %(default)s"
+    )
     args = parser.parse_args()
+    methods = [m for m in args.methods.split(",") if m]
+    unknown = sorted(set(methods) - set(METHODS))
+    if unknown:
+        parser.error(f"unknown methods {unknown}; choose from {list(METHODS)}")
     if args.quick:
         models_dir, model, size = REPO / "models", "shapes", 64
     else:
@@ -72,9 +93,9 @@ def main() -> None:
         model = "resnet18"
     repeats = args.repeats or (3 if args.quick else 5)
     rows = []
-    for method in METHODS:
-        before = first_and_steady(models_dir, model, size, method, False, repeats)
-        after = first_and_steady(models_dir, model, size, method, True, repeats)
+    for method in methods:
+        before = first_and_steady(models_dir, model, size, method, False, repeats, args.gap)
+        after = first_and_steady(models_dir, model, size, method, True, repeats, args.gap)
         rows.append(
             [
                 method,
@@ -84,6 +105,7 @@ def main() -> None:
                 after[0] * 1e3,
                 after[1] * 1e3,
                 after[0] / after[1],
+                after[2] - before[2],
             ]
         )
     print_table(
@@ -96,8 +118,14 @@ def main() -> None:
             "after first ms",
             "after steady ms",
             "after ratio",
+            "ready s (on − off)",
         ],
         rows,
+    )
+    print(
+        "ready s (on − off): how much later a server with warm-up on became ready than one "
+        "with it off (one sample each; the warm-up's own seconds are in the "
+        "xaiserve_model_warmup_seconds metric)"
     )
 
 

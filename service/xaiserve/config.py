@@ -97,7 +97,8 @@ class Settings:
     segmentation_device: str = "cpu"
     otlp_endpoint: str = ""  # OpenTelemetry traces over OTLP/gRPC to this URL ("" = tracing off)
     trace_sample_ratio: float = 1.0  # fraction of new traces sampled (a caller's decision wins)
-    warmup: bool = True  # at load: forward passes at batch 1 and max_batch_size, torch pool built
+    warmup: bool = True  # at load: forward passes, torch pool, one run of each method (readiness after)
+    warmup_budget_seconds: float = 120.0  # bound of one version's warm-up; what is left is skipped
     # -- fleet: shared state, chunked work, artifacts (README "Running a fleet") --
     data_dir: str = field(default_factory=_default_data_dir)  # SQLite state + default artifacts
     state_url: str = ""  # postgresql://… for a fleet; "" = SQLite file <data_dir>/state.db
@@ -161,6 +162,8 @@ class Settings:
             raise ValueError("setting chunk_seconds must be greater than 0")
         if not self.lease_seconds >= 1.0:
             raise ValueError("setting lease_seconds must be at least 1")
+        if not self.warmup_budget_seconds >= 0:
+            raise ValueError("setting warmup_budget_seconds must be at least 0 (0 = forward only)")
         if not self.operations_retention_days >= 0:
             raise ValueError("setting operations_retention_days must be at least 0 (0 = keep)")
         if self.state_url and not self.state_url.startswith(

@@ -234,6 +234,14 @@ class Metrics:
             namespace=NAMESPACE,
             registry=r,
         )
+        self.warmup_runs = Counter(
+            "model_warmup_runs",
+            "Paths a version's warm-up ran before it was marked ready (forward, "
+            "segmentation_workers, torch_pool, method:<name>), by outcome (ok, failed, skipped).",
+            ["model", "version", "path", "outcome"],
+            namespace=NAMESPACE,
+            registry=r,
+        )
         self.remote_circuit_state = Gauge(
             "remote_circuit_state",
             "Circuit breaker toward a remote (OIP) backend: 0 closed, 1 open, 2 half-open.",

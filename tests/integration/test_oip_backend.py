@@ -385,3 +385,42 @@ def test_oip_readiness_follows_model_ready(
     own_remote.set_mode("shapes", "normal")
     assert wait_for(lambda: info().state == pb.ModelVersionInfo.READY)
     assert wait_for(lambda: status() == serving)
+
+
+def test_oip_warm_up_and_torch_budget_of_a_remote_model(  # type: ignore[no-untyped-def]
+    start_server, tmp_path: Path, oip_server: OipServer
+) -> None:
+    """A remote model with its pinned local ONNX warms up before it is ready (black-box methods
+    through the remote, white-box ones on the local copy, which takes the server's torch batch
+    budget); without a local copy only the black-box paths are warmed."""
+    from xaiserve.methods import registered_methods
+
+    root = tmp_path / "repo"
+    write_remote_model(root, oip_server, name="remote", max_batch_size=16, local_onnx=True)
+    write_remote_model(root, oip_server, name="blackbox-only", max_batch_size=16)
+    budget = 96 * 2**20
+    server, _ = start_server(root, warmup=True, torch_batch_bytes=budget)
+    registry = server.metrics.registry
+
+    def runs(model: str, path: str) -> dict[str, float]:
+        return {
+            outcome: registry.get_sample_value(
+                "xaiserve_model_warmup_runs_total",
+                {"model": model, "version": "1", "path": path, "outcome": outcome},
+            )
+            or 0.0
+            for outcome in ("ok", "failed", "skipped")
+        }
+
+    methods = registered_methods()
+    for name, spec in methods.items():
+        if name == "gad":
+            continue
+        path = f"method:{name}"
+        assert runs("remote", path) == {"ok": 1, "failed": 0, "skipped": 0}, path
+        expected = 1 if spec.backend == "blackbox" else 0
+        assert runs("blackbox-only", path)["ok"] == expected, path
+    assert runs("blackbox-only", "torch_pool") == {"ok": 0, "failed": 0, "skipped": 0}
+    remote = server.repository.get("remote")
+    with remote.torch_backend() as lease:
+        assert lease.batch_bytes == budget

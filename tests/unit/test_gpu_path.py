@@ -96,13 +96,9 @@ def test_warm_up_builds_the_torch_module_before_ready(tmp_path: Path, region_mas
             "xaiserve_model_warmup_seconds", {"model": "test", "version": "1"}
         )
         assert seconds is not None and seconds > 0
-        # Batch 1 and max_batch_size (32) went through the session, plus the smoke test.
-        assert (
-            metrics.registry.get_sample_value(
-                "xaiserve_inference_images_total", {"model": "test", "version": "1"}
-            )
-            is None
-        )  # warm-up runs the session directly: it is not traffic
+        # The copies of the pool (torch_copies, 2 by default) were all built, not one per
+        # concurrent request later.
+        assert len(model._pool().built_copies) == model.torch_copies == 2
     finally:
         model.close()
 

@@ -42,6 +42,7 @@ CUDA, or a GPU failure at run time logs a warning and moves this segmenter to th
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
@@ -342,6 +343,19 @@ class Segmenter:
         if mine:
             self._compute(key, flight, image, product)
         return unpack(flight.future.result())
+
+    def start_workers(self, timeout: float = 1.0) -> None:
+        """Start every worker thread now (model warm-up): the pool otherwise starts them one
+        per product queued while all are busy, on a request's clock. Each start-up task waits
+        (at most ``timeout``) until all are running, so no thread picks up two of them."""
+        meeting = threading.Barrier(self.workers)
+
+        def meet() -> None:
+            with contextlib.suppress(threading.BrokenBarrierError):
+                meeting.wait(timeout)
+
+        for started in [self._pool.submit(meet) for _ in range(self.workers)]:
+            started.result()
 
     # -- pool side -----------------------------------------------------------------------------
     def _run_queued(

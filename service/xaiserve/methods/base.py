@@ -86,6 +86,10 @@ class MethodSpec:
     memory: MemoryShape = default_memory
     """Peak bytes the method allocates for ``(params, (H, W), num_classes)``, in O(1) (see
     :mod:`xaiserve.contracts.footprint`)."""
+    warmup: Callable[[Any, tuple[int, int]], Any] | None = None
+    """``warmup(default_params, (H, W))`` → the parameters of the load-time warm-up run
+    (:mod:`xaiserve.models.warmup`): the same code paths and batch shapes as a request, fewer
+    forward passes. ``None``: the defaults are cheap enough as they are."""
 
     @property
     def model_backend(self) -> str:
@@ -104,13 +108,14 @@ def register_method(
     cost: Callable[[Any, tuple[int, int]], int],
     signed: bool,
     memory: MemoryShape = default_memory,
+    warmup: Callable[[Any, tuple[int, int]], Any] | None = None,
 ) -> Callable[[Callable[..., Explanation]], Callable[..., Explanation]]:
     """Register ``explain`` under ``name`` (the paper's name, and the proto's oneof field)."""
 
     def decorate(fn: Callable[..., Explanation]) -> Callable[..., Explanation]:
         if name in _REGISTRY:
             raise ValueError(f"method {name!r} registered twice")
-        _REGISTRY[name] = MethodSpec(name, fn, params, backend, cost, signed, memory)
+        _REGISTRY[name] = MethodSpec(name, fn, params, backend, cost, signed, memory, warmup)
         return fn
 
     return decorate

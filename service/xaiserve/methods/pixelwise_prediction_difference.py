@@ -26,6 +26,7 @@ independent of the stride and of the streaming.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -182,6 +183,15 @@ def _perturbations(
             yield perturbed
 
 
+def warmup_params(
+    params: PixelwisePredictionDifferenceParams, size: tuple[int, int]
+) -> PixelwisePredictionDifferenceParams:
+    """The load-time warm-up's parameters: the corner patches only (a stride as long as the
+    image side), ``1 + 4r`` forward passes instead of one window per pixel."""
+    stride = max(1, min(MAX_SIDE, max(size)))
+    return dataclasses.replace(params, stride=stride)
+
+
 @register_method(
     "pixelwise_prediction_difference",
     params=PixelwisePredictionDifferenceParams,
@@ -189,6 +199,7 @@ def _perturbations(
     cost=cost,
     memory=memory,
     signed=True,
+    warmup=warmup_params,
 )
 def explain(
     model: BlackBoxModel,

@@ -35,6 +35,7 @@ def build_remote_model(
     metrics: Metrics,
     budget: ImageBudget,
     torch_copies: int,
+    torch_batch_bytes: int,
     providers: tuple[str, ...] = (),
 ) -> Model:
     cfg = config.backend.oip
@@ -81,6 +82,7 @@ def build_remote_model(
         providers=backend.providers,
         input_name=backend.names.input_name,
         torch_copies=torch_copies,
+        torch_batch_bytes=torch_batch_bytes,
         remote=backend,
         whitebox_error=whitebox_error,
     )

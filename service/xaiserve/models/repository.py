@@ -205,6 +205,7 @@ class ModelRepository:
                 metrics=self.metrics,
                 budget=self.budget,
                 torch_copies=self.settings.torch_copies,
+                torch_batch_bytes=self.settings.torch_batch_bytes,
                 providers=self.settings.providers,
             )
             return self._check_and_warm(model)
@@ -244,10 +245,7 @@ class ModelRepository:
         try:
             _smoke_test(model)
             if self.settings.warmup:
-                seconds = warm_up(model)
-                self.metrics.warmup_seconds.labels(model=model.name, version=model.version).set(
-                    seconds
-                )
+                warm_up(model, self.settings.warmup_budget_seconds, self.metrics)
         except Exception:
             model.close()
             raise
