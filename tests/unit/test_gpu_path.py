@@ -119,3 +119,5 @@ def test_bench_gpu_cpu_dry_run() -> None:
     assert "segmentation agreement on cpu: ok; start-up self-check: passed" in out
     for row in ("Predict, batch", "regional PD, r = 5", "MoRF", "LRP ε+flat", "IG-10"):
         assert row in out, f"{row!r} missing from the table:\n{out}"
+    # the model was loaded as served: warm-up ran, and none of its paths failed
+    assert "paths ok, failed none" in out and "first ÷ best" in out
