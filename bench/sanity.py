@@ -24,8 +24,8 @@ the paper's methods: gradient, gradient×input, IG, LRP ε and LRP_CMP, guided b
 
 Run: ``PYTHONPATH=service:. .venv/bin/python bench/sanity.py [--quick]``. ``--quick``: the
 demo model, and ResNet-50 with 2 stops and the gradient only (≈ 1–2 minutes on 2 cores).
-``--methods 'gradient,LRP_CMP'`` runs only the methods with those labels, ``--demo-only`` skips
-ResNet-50 (to keep one run under the CPU lock short).
+``--methods 'gradient,LRP_CMP'`` runs only the methods with those labels, ``--models demo`` or
+``--models resnet50`` runs one of the two models (to keep one run under the CPU lock short).
 """
 
 from __future__ import annotations
@@ -149,7 +149,11 @@ def main() -> int:
         default="",
         help="comma-separated labels of the methods to run (default: all), e.g. 'gradient,LRP_CMP'",
     )
-    parser.add_argument("--demo-only", action="store_true", help="skip ResNet-50")
+    parser.add_argument(
+        "--models",
+        default="demo,resnet50",
+        help="comma-separated models to run: demo, resnet50 (default both)",
+    )
     args = parser.parse_args()
     chosen = {m.strip() for m in args.methods.split(",") if m.strip()}
 
@@ -176,8 +180,9 @@ def main() -> int:
     demo = load_model(REPO / "models", "shapes")
     image = demo_images(1)[0]
     demo_methods = [*PAPER_METHODS, ("regional PD", "regional_prediction_difference", {})]
+    models = {m.strip() for m in args.models.split(",")}
     for label, method, overrides in demo_methods:
-        if not wanted(label):
+        if "demo" not in models or not wanted(label):
             continue
         row, curve = time_method(
             f"demo / {label}",
@@ -198,30 +203,31 @@ def main() -> int:
     else:
         resnet_runs = [
             ("gradient", "saliency", {}),
+            ("guided backprop", "guided_backprop", {}),
             ("LRP_CMP", "lrp", {"composite": "lrp_cmp_alpha1beta0"}),
             ("regional PD", "regional_prediction_difference", {}),
         ]
         stops = 10
-    if args.demo_only:
+    if "resnet50" not in models:
         resnet_runs = []
-    onnx_path = torchvision_onnx("resnet50")
-    resnet = load_model(model_repo("resnet50", onnx_path, 224, 1000), "resnet50")
-    r_image = smooth_image(224)
-    for label, method, overrides in resnet_runs:
-        if not wanted(label):
-            continue
-        row, _ = time_method(
-            f"resnet50 / {label}",
-            resnet,
-            method,
-            params_for(method, overrides),
-            r_image,
-            stops,
-            args.repeats,
-            args.clock,
-        )
-        rows.append(row)
-    resnet.close()
+    resnet_runs = [r for r in resnet_runs if wanted(r[0])]
+    if resnet_runs:
+        onnx_path = torchvision_onnx("resnet50")
+        resnet = load_model(model_repo("resnet50", onnx_path, 224, 1000), "resnet50")
+        r_image = smooth_image(224)
+        for label, method, overrides in resnet_runs:
+            row, _ = time_method(
+                f"resnet50 / {label}",
+                resnet,
+                method,
+                params_for(method, overrides),
+                r_image,
+                stops,
+                args.repeats,
+                args.clock,
+            )
+            rows.append(row)
+        resnet.close()
     print_table(
         f"randomisation test ÷ (variants × method time), {args.clock} seconds, best of "
         f"{args.repeats} interleaved rounds",

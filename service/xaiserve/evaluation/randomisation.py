@@ -232,10 +232,14 @@ def hog_descriptor(x: np.ndarray) -> np.ndarray:
     np.subtract(
         img[:, :h, 2 : last_col + 1], img[:, :h, : last_col - 1], out=g_col[:, :, 1:last_col]
     )
-    magnitude = np.hypot(g_col, g_row)
+    magnitude = g_col * g_col  # √(g_col² + g_row²), in place (``np.hypot`` is ~8× slower)
+    magnitude += g_row * g_row
+    np.sqrt(magnitude, out=magnitude)
     angle = np.arctan2(g_row, g_col, out=g_row)  # in place: the buffers are not needed again
     np.rad2deg(angle, out=angle)
-    np.mod(angle, 180, out=angle)
+    # ``angle % 180`` for an angle in [−180, 180], with numpy's rounding: 180 → 0, x < 0 → x + 180
+    angle[angle == 180] = 0
+    np.add(angle, 180, out=angle, where=angle < 0)
     np.floor_divide(angle, 180 / HOG_ORIENTATIONS, out=angle)
     np.minimum(angle, HOG_ORIENTATIONS - 1, out=angle)
     cells = n_rows * n_cols
