@@ -216,13 +216,17 @@ class Instant:
         return None
 
 
-def _worker_process(url: str, threads: int, stop_at: float) -> None:
+def _worker_process(url: str, threads: int, stop_at: float, ready: Any) -> None:
     from xaiserve.jobs.workers import WorkerPool
     from xaiserve.observability import Metrics
 
-    pool = WorkerPool(open_store(url), {"instant": Instant()}, Metrics(), workers=threads,
-                      lease_seconds=30, poll_seconds=0.005, heartbeat_seconds=0.5)
+    store = open_store(url)
+    store.ping()  # connected before the clock starts
+    # An idle worker polls every 50 ms (the server's default is 250 ms).
+    pool = WorkerPool(store, {"instant": Instant()}, Metrics(), workers=threads,
+                      lease_seconds=30, poll_seconds=0.05, heartbeat_seconds=0.5)
     pool.start()
+    ready.set()
     while time.time() < stop_at:
         time.sleep(0.05)
     pool.stop(5)
@@ -240,12 +244,17 @@ def throughput(url: str, workers: int, chunks: int) -> float:
     stop_at = time.time() + 600
     n_proc = max(1, (workers + per_process - 1) // per_process)
     ctx = mp.get_context("spawn")
+    ready = []
     for i in range(n_proc):
         threads = min(per_process, workers - i * per_process)
-        p = ctx.Process(target=_worker_process, args=(url, threads, stop_at))
+        event = ctx.Event()
+        p = ctx.Process(target=_worker_process, args=(url, threads, stop_at, event))
         p.start()
         procs.append(p)
-    time.sleep(3.0)  # let the processes import and start polling
+        ready.append(event)
+    for event in ready:  # every process imported, connected and polling
+        assert event.wait(300), "a worker process did not start"
+    time.sleep(0.5)
     t0 = time.perf_counter()
     op = ops.start("instant", {}, [ChunkSpec(i, i + 1) for i in range(chunks)], total=chunks)
     while not ops.get(op.id).terminal:
@@ -306,7 +315,7 @@ def main() -> None:
     images = 24 if args.quick else 64
     worker_counts = [1, 4, 16, 64] if args.quick else [1, 2, 4, 8, 16, 32, 64]
     chunks = 400 if args.quick else 2000
-    replica_images = 48 if args.quick else 96
+    replica_images = 96 if args.quick else 192  # about six chunks (two per replica) in --quick
 
     pg = PostgresServer()
     pg.start()
