@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing as mp
+import shutil
 import sys
 import tempfile
 import threading
@@ -302,39 +303,47 @@ def throughput(url: str, workers: int, chunks: int, server_pid: int) -> tuple[fl
 
 
 def replicas(pg: PostgresServer, counts: list[int], images: int) -> list[tuple[int, float, dict]]:
-    from tests.fleet.replicas import Replica, replica_env
     from xaiserve.demo.shapes import heldout
-    from xaiserve_client import ExplainClient
 
     data = heldout(images)
     items = [(data.images[i], int(data.labels[i]), data.masks[i], f"i{i}") for i in range(images)]
     out = []
-    tmp = Path(tempfile.mkdtemp(prefix="bench-fleet-"))
-    for n in counts:
-        url = pg.database()
-        fleet = [
-            Replica(f"r{n}-{k}", replica_env(url, tmp / "art", tmp / f"d{n}{k}",
-                                             XAISERVE_LEASE_SECONDS="30",
-                                             XAISERVE_CHUNK_ITEMS="0"), tmp).spawn()
-            for k in range(n)
-        ]
-        try:
-            for r in fleet:
-                r.start()
-            with ExplainClient(fleet[0].address, timeout=600) as client:
-                t0 = time.perf_counter()
-                op = client.evaluate_dataset(items, "shapes", methods={"saliency": {}},
-                                             morf={"steps": 20, "repeats": 2, "seed": 1})
-                final = client.wait_operation(op.id, timeout=1200)
-                elapsed = time.perf_counter() - t0
-            assert final.state == "SUCCEEDED", final.error
-            result = dict(final.result)
-            result.pop("report", None)
-            out.append((n, elapsed, result))
-        finally:
-            for r in fleet:
-                r.stop()
+    with tempfile.TemporaryDirectory(prefix="bench-fleet-") as folder:
+        for n in counts:
+            out.append(_replica_run(pg, n, items, Path(folder)))
     return out
+
+
+def _replica_run(
+    pg: PostgresServer, n: int, items: list[Any], tmp: Path
+) -> tuple[int, float, dict]:
+    """One evaluation of ``items`` through ``n`` fresh replicas on a fresh database."""
+    from tests.fleet.replicas import Replica, replica_env
+    from xaiserve_client import ExplainClient
+
+    url = pg.database()
+    fleet = [
+        Replica(f"r{n}-{k}", replica_env(url, tmp / "art", tmp / f"d{n}{k}",
+                                         XAISERVE_LEASE_SECONDS="30",
+                                         XAISERVE_CHUNK_ITEMS="0"), tmp).spawn()
+        for k in range(n)
+    ]
+    try:
+        for r in fleet:
+            r.start()
+        with ExplainClient(fleet[0].address, timeout=600) as client:
+            t0 = time.perf_counter()
+            op = client.evaluate_dataset(items, "shapes", methods={"saliency": {}},
+                                         morf={"steps": 20, "repeats": 2, "seed": 1})
+            final = client.wait_operation(op.id, timeout=1200)
+            elapsed = time.perf_counter() - t0
+        assert final.state == "SUCCEEDED", final.error
+        result = dict(final.result)
+        result.pop("report", None)
+        return n, elapsed, result
+    finally:
+        for r in fleet:
+            r.stop()
 
 
 def main() -> None:
@@ -348,13 +357,14 @@ def main() -> None:
 
     pg = PostgresServer()
     pg.start()
+    sqlite_dir = tempfile.mkdtemp(prefix="bench-fleet-sqlite-")
     try:
         print(f"## Coordination overhead (demo model, saliency + MoRF 20×2, {images} images)")
         print("| store | chunking | chunks × images | compute s | waits s | heartbeat s "
               "| hb CPU s | store calls | overhead | overhead if serial |")
         print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
         for name, url in (("postgresql", pg.database()),
-                          ("sqlite", f"sqlite://{tempfile.mkdtemp()}/state.db")):
+                          ("sqlite", f"sqlite://{sqlite_dir}/state.db")):
             for label, o in overhead(url, images, [2]):
                 print(f"| {name} | {label} | {o.chunks} × {o.per_chunk} | {o.compute:.2f} "
                       f"| {o.waits:.3f} | {o.beside:.3f} | {o.beside_cpu:.3f} | {o.calls} "
@@ -387,6 +397,7 @@ def main() -> None:
                   f"| {result == reference} |")
     finally:
         pg.close()
+        shutil.rmtree(sqlite_dir, ignore_errors=True)
 
 
 if __name__ == "__main__":
