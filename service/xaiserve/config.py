@@ -77,6 +77,9 @@ class Settings:
     allowed_image_formats: tuple[str, ...] = ("PNG", "JPEG")
     max_stream_images: int = 10_000  # items per streaming RPC / data-set operation
     intra_op_threads: int = 0  # onnxruntime threads per session; 0 = number of cores
+    # threads of Predict's own onnxruntime session per local CPU model version (its lane never
+    # waits behind explanation batches); 0 = no own session, Predict's lane shares the main one
+    interactive_threads: int = 1
     providers: tuple[str, ...] = ()  # onnxruntime providers; empty = best available
     torch_copies: int = 2  # module copies per model for white-box methods
     # randomisation test: (seed, stops) sets of randomised variants cached per model version
@@ -155,7 +158,12 @@ class Settings:
             raise ValueError("setting max_image_pixels must be 0 (auto) or positive")
         if self.max_request_bytes > self.memory_budget_bytes:
             raise ValueError("setting max_request_bytes must not exceed memory_budget_bytes")
-        for name in ("operation_workers", "operations_retention_count", "chunk_items"):
+        for name in (
+            "operation_workers",
+            "operations_retention_count",
+            "chunk_items",
+            "interactive_threads",
+        ):
             if getattr(self, name) < 0:
                 raise ValueError(f"setting {name} must be at least 0")
         if not self.chunk_seconds > 0:

@@ -236,3 +236,35 @@ def test_interactive_items_jump_the_queue_and_have_a_reserve() -> None:
     # batch 1 = the held slow chunk; then the interactive image before the queued slow chunk
     assert runner.seen_markers[:6] == [1.0] * 4 + [9.0] + [2.0]
     batcher.close()
+
+
+def test_the_interactive_lane_does_not_wait_for_a_running_explanation_batch() -> None:
+    """With a lane of its own, a Predict's image is answered while the explanation batch that
+    holds the main runner is still in its forward pass, and never shares that batch."""
+    bulk, lane, metrics = Recorder(), Recorder(), Metrics()
+    batcher = DynamicBatcher(
+        bulk,
+        model="m",
+        version="1",
+        runtime="test",
+        max_batch_size=32,
+        max_queue_delay_s=0.0,
+        budget=ImageBudget(1000),
+        metrics=metrics,
+        interactive_runner=lane,
+    )
+    bulk.gate.clear()  # the explanation batch blocks inside the main runner
+    explanation = batcher.submit(np.ones((32, 2), np.float32), RequestContext())
+    assert bulk.started.wait(5)
+    predict = RequestContext(interactive=True)
+    out = batcher.submit(np.full((1, 2), 3.0, np.float32), predict).result(5)
+    np.testing.assert_array_equal(out, [[6.0, 1.0]])  # its own batch of one, from the lane
+    assert lane.batches == [1] and not explanation.done()
+    bulk.gate.set()
+    np.testing.assert_array_equal(explanation.result(5)[:, 1], np.full(32, 32.0))
+    assert bulk.batches == [32]
+    # With the main runner idle, the lane uses it (all its threads): the same answer.
+    again = batcher.submit(np.full((1, 2), 3.0, np.float32), RequestContext(interactive=True))
+    np.testing.assert_array_equal(again.result(5), [[6.0, 1.0]])
+    assert bulk.batches == [32, 1] and lane.batches == [1]
+    batcher.close()

@@ -141,12 +141,18 @@ def stage_item(
     )
 
 
-def staged_dataset_items(items: list[StagedItem], limits: ImageLimits) -> list[DatasetItem]:
+def staged_dataset_items(
+    items: list[StagedItem], limits: ImageLimits, grid: tuple[int, int] | None = None
+) -> list[DatasetItem]:
+    """Staged items, decoded lazily; with ``grid`` (the model's input ``(H, W)``) an encoded
+    image without a mask is decoded no larger than the model needs (as it was validated)."""
+
     def image(item: StagedItem) -> Callable[[], np.ndarray]:
         if item.image.startswith(_NPY_MAGIC):
             data = item.image
             return lambda: np.load(io.BytesIO(data), allow_pickle=False)
-        return lambda: decode_encoded(item.image, limits)
+        fit = grid if item.mask is None else None
+        return lambda: decode_encoded(item.image, limits, fit)
 
     def mask(item: StagedItem) -> Callable[[], np.ndarray] | None:
         if item.mask is None:
@@ -292,9 +298,13 @@ class DatasetEvaluationRunner:
               ) -> list[DatasetItem]:
         if spec["dataset"]:
             folder = dataset_folder(self.datasets_dir, spec["dataset"])
-            rows, _ = folder_items(folder, model.labels, self.limits, spec["limit"])
+            rows, _ = folder_items(
+                folder, model.labels, self.limits, spec["limit"], model.input_size
+            )
             return rows[start:end]
-        return staged_dataset_items(self.store.staged_items(op_id, start, end), self.limits)
+        return staged_dataset_items(
+            self.store.staged_items(op_id, start, end), self.limits, model.input_size
+        )
 
     def run(self, chunk: Any, handle: ProgressHandle) -> Any:
         spec = chunk.spec

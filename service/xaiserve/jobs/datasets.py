@@ -13,6 +13,7 @@ Items are produced lazily, one at a time, so memory does not grow with the data 
 from __future__ import annotations
 
 import csv
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +30,7 @@ class DatasetItem:
     """One image to process: a loader (decoding is deferred), its label and optional mask."""
 
     name: str
-    load: Callable[[], np.ndarray]  # image space at the image's own size
+    load: Callable[[], np.ndarray]  # image space at its own size, or reduced toward the model's
     label: int | None
     load_mask: Callable[[], np.ndarray] | None  # (h, w) bool at the image's own size
 
@@ -46,9 +47,18 @@ def dataset_folder(datasets_dir: str, name: str) -> Path:
 
 
 def folder_items(
-    folder: Path, labels: tuple[str, ...], limits: ImageLimits, limit: int
+    folder: Path,
+    labels: tuple[str, ...],
+    limits: ImageLimits,
+    limit: int,
+    grid: tuple[int, int] | None = None,
 ) -> tuple[list[DatasetItem], int]:
-    """Items of a data-set folder (at most ``limit``) and the number of rows."""
+    """Items of a data-set folder (at most ``limit``) and the number of rows.
+
+    With ``grid`` (the model's input ``(H, W)``) an image without a mask is decoded no larger
+    than the model needs (JPEG ``draft``, Pillow ``reduce``: ``imaging.decode.decode_encoded``),
+    as streamed items are; an image with a mask keeps its own size, the mask's grid. The pixel
+    limit stays the one for any image (the operator's folder, not a client's upload)."""
     items: list[DatasetItem] = []
     with (folder / "labels.csv").open(newline="", encoding="utf-8") as fh:
         for row in csv.DictReader(fh):
@@ -63,7 +73,7 @@ def folder_items(
             items.append(
                 DatasetItem(
                     name=rel,
-                    load=_file_loader(path, limits),
+                    load=_file_loader(path, limits, None if mask_path.is_file() else grid),
                     label=label,
                     load_mask=_mask_loader(mask_path, limits) if mask_path.is_file() else None,
                 )
@@ -83,8 +93,12 @@ def _label(row: dict[str, str], labels: tuple[str, ...], dataset: str) -> int | 
     raise InvalidInput(f"data set {dataset!r}: label {raw or name!r} is not a label of the model")
 
 
-def _file_loader(path: Path, limits: ImageLimits) -> Callable[[], np.ndarray]:
-    return lambda: decode_encoded(path.read_bytes(), limits)
+def _file_loader(
+    path: Path, limits: ImageLimits, grid: tuple[int, int] | None
+) -> Callable[[], np.ndarray]:
+    if grid is not None and limits.max_pixels == 0:  # keep the limit of an image of any use
+        limits = dataclasses.replace(limits, max_pixels=limits.pixels_for(None))
+    return lambda: decode_encoded(path.read_bytes(), limits, grid)
 
 
 def _mask_loader(path: Path, limits: ImageLimits) -> Callable[[], np.ndarray]:

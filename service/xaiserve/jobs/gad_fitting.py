@@ -347,12 +347,16 @@ class GadFitRunner:
               ) -> list[DatasetItem]:
         if spec["dataset"]:
             folder = dataset_folder(self.datasets_dir, spec["dataset"])
-            rows, _ = folder_items(folder, model.labels, self.limits, spec["rows_limit"] or 10**9)
+            rows, _ = folder_items(
+                folder, model.labels, self.limits, spec["rows_limit"] or 10**9, model.input_size
+            )
             keep = [r for r in rows if r.label in (config.class_a, config.class_b)]
             return keep[: spec["limit"] or None]
         from xaiserve.jobs.dataset_evaluation import staged_dataset_items
 
-        return staged_dataset_items(self.store.staged_items(op_id, 0, 2**31 - 1), self.limits)
+        return staged_dataset_items(
+            self.store.staged_items(op_id, 0, 2**31 - 1), self.limits, model.input_size
+        )
 
     def run(self, chunk: Any, handle: Any) -> Any:
         spec = chunk.spec

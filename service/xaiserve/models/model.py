@@ -116,7 +116,7 @@ class Model:
         results: list[np.ndarray] = []
         outstanding: deque[tuple[Future[np.ndarray], int]] = deque()
         in_flight = 0
-        self.batcher.enter()
+        self.batcher.enter(ctx.interactive)
         try:
             for chunk in chunks:
                 self._check_chunk(chunk)
@@ -134,7 +134,7 @@ class Model:
                 fut, _ = outstanding.popleft()
                 results.append(_wait(fut, ctx))
         finally:
-            self.batcher.leave()
+            self.batcher.leave(ctx.interactive)
             for fut, _ in outstanding:
                 fut.cancel()
         raw = np.concatenate(results) if results else np.empty((0, self.num_classes), np.float32)

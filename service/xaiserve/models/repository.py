@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,6 +28,7 @@ from xaiserve.models.warmup import warm_up
 from xaiserve.observability import Metrics
 from xaiserve.runtime.batcher import DynamicBatcher, ImageBudget
 from xaiserve.runtime.onnx_session import OnnxSession
+from xaiserve.runtime.priority import in_background_thread
 
 log = logging.getLogger(__name__)
 
@@ -209,11 +211,15 @@ class ModelRepository:
                 providers=self.settings.providers,
             )
             return self._check_and_warm(model)
-        session = OnnxSession(
-            onnx_path,
-            input_name=config.input.name,
-            providers=self.settings.providers,
-            threads=self.settings.intra_op_threads,
+        # Created in a lowered thread: its intra-op threads run explanation batches at a lower
+        # CPU priority than Predict's lane (runtime.priority).
+        session = in_background_thread(
+            lambda: OnnxSession(
+                onnx_path,
+                input_name=config.input.name,
+                providers=self.settings.providers,
+                threads=self.settings.intra_op_threads,
+            )
         )
         batcher = DynamicBatcher(
             session.run,
@@ -224,6 +230,7 @@ class ModelRepository:
             max_queue_delay_s=config.batching.max_queue_delay_ms / 1000.0,
             budget=self.budget,
             metrics=self.metrics,
+            interactive_runner=self._interactive_runner(session, onnx_path, config),
         )
         model = Model(
             name=name,
@@ -240,6 +247,23 @@ class ModelRepository:
         )
         model.provider_fallback = tuple(session.fallback)
         return self._check_and_warm(model)
+
+    def _interactive_runner(
+        self, session: OnnxSession, path: Path, config: ModelConfig
+    ) -> Callable[[np.ndarray], np.ndarray]:
+        """Predict's lane (``runtime.batcher``): on the CPU a second session of the graph with
+        ``interactive_threads`` threads (one more copy of the weights), so that a Predict never
+        waits for the main session's explanation batches; on an accelerator, or with
+        ``interactive_threads = 0``, the main session itself (its ``run`` is thread-safe)."""
+        if session.device != "cpu" or self.settings.interactive_threads == 0:
+            return session.run
+        lane = OnnxSession(
+            path,
+            input_name=config.input.name,
+            providers=self.settings.providers,
+            threads=self.settings.interactive_threads,
+        )
+        return lane.run
 
     def _check_and_warm(self, model: Model) -> Model:
         try:

@@ -14,7 +14,7 @@ segmentation (scikit-image and scipy code paths, the segmentation worker threads
 path and the perturbation batch shapes of each black-box method. So warm-up runs, in order:
 
 1. ``forward`` — the backend (local onnxruntime or the remote OIP server) once at batch 1 and
-   once at ``max_batch_size``, directly (no batcher);
+   once at ``max_batch_size``, directly (no batcher), and Predict's own session at batch 1;
 2. ``decode`` — a PNG and a JPEG decoded (Pillow's codecs load on first use);
 3. ``predict`` — one prediction through the batcher, as a Predict request makes it;
 4. ``segmentation_workers`` — every worker thread of the shared segmenter started;
@@ -103,6 +103,9 @@ def warm_up(
     for n in sorted({1, model.max_batch_size}):
         grey = np.full((n, h, w, 3), 127.0, np.float32)
         model.batcher.runner(to_network_input(grey, model.config.input))
+    lane = model.batcher.interactive_runner
+    if lane is not None and lane != model.batcher.runner:  # Predict's own session
+        lane(to_network_input(np.full((1, h, w, 3), 127.0, np.float32), model.config.input))
     report.record("forward", "ok")
     image = warmup_image(h, w)
     _attempt(report, "decode", lambda: _decode(image, (h, w)))
