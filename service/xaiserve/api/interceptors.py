@@ -15,6 +15,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ from xaiserve import tracing
 from xaiserve.errors import Cancelled, Overloaded, XaiserveError
 from xaiserve.observability import Metrics
 from xaiserve.runtime.context import deadline_reached
+from xaiserve.runtime.priority import lower_current_thread
 
 log = logging.getLogger(__name__)
 
@@ -229,6 +231,10 @@ class ServiceInterceptor(grpc.ServerInterceptor):
     never starves Predict or the look-ups, and the reverse. Bidirectional streams take a slot
     per item while it is processed (:data:`PER_ITEM_RPCS`); watchers take none, only a place
     among ``max_watchers``. Client-streaming requests end when idle (``stream_idle_seconds``).
+
+    Expensive unary calls (Explain, Score) run in threads of their own at a lower CPU priority
+    (``runtime.priority``): the torch threads, segmentation workers and numpy work they start
+    inherit it, so on a saturated machine the cores go to Predict and the look-ups first.
     """
 
     def __init__(
@@ -237,6 +243,12 @@ class ServiceInterceptor(grpc.ServerInterceptor):
         self.metrics = metrics
         self.admission = admission
         self.idle = IdleWatchdog(stream_idle_seconds, metrics)
+        # one thread per expensive slot: an admitted call never waits for a thread
+        self.background = ThreadPoolExecutor(
+            admission.pools[EXPENSIVE].capacity,
+            thread_name_prefix="expensive",
+            initializer=lower_current_thread,
+        )
 
     def intercept_service(
         self,
@@ -324,6 +336,7 @@ class ServiceInterceptor(grpc.ServerInterceptor):
 
     def _wrap_unary(self, rpc: str, behaviour: Callable[..., Any], kind: str) -> Callable[..., Any]:
         pool = pool_of(rpc)
+        lowered = pool == EXPENSIVE and kind == "unary_unary"
 
         def call(request: Any, context: grpc.ServicerContext) -> Any:
             start = time.perf_counter()
@@ -338,6 +351,9 @@ class ServiceInterceptor(grpc.ServerInterceptor):
             code = "OK"
             try:
                 with tracing.server_span(SERVICE_PREFIX[1:] + rpc, context.invocation_metadata()):
+                    if lowered:
+                        run = contextvars.copy_context().run  # the span and RpcInfo go along
+                        return self.background.submit(run, behaviour, request, context).result()
                     return behaviour(self._requests(request, context, kind), context)
             except Exception as exc:
                 code, message = self._status_of(exc, rpc, context)
