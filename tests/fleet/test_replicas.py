@@ -26,6 +26,7 @@ pytestmark = pytest.mark.slow  # server processes: seconds each to start
 MODEL = "shapes"
 METHODS = {"saliency": {}}
 MORF = {"steps": 24, "repeats": 2, "seed": 3}
+WATCHED_METHODS = {"saliency": {}, "integrated_gradients": {"steps": 64}}
 
 
 @pytest.fixture(scope="module")
@@ -109,13 +110,15 @@ def reference(tmp_path_factory: pytest.TempPathFactory, shared: Path) -> dict[st
 def test_start_on_a_watch_on_b_cancel_on_c(replicas: list[Replica]) -> None:
     a, b, c = replicas
     with _client(a) as ca, _client(b) as cb, _client(c) as cc:
-        op = ca.evaluate_dataset(_items(6), MODEL, methods=METHODS, morf=MORF)
+        # work that lasts several of B's polls (9 chunks, 3 rounds over the fleet), so B can
+        # only see intermediate progress if it reads what the other replicas commit
+        op = ca.evaluate_dataset(_items(18), MODEL, methods=WATCHED_METHODS, morf=MORF)
         seen = []
         final = cb.wait_operation(op.id, timeout=300, on_update=seen.append)
         assert final.state == "SUCCEEDED", final.error
-        assert final.done == 6 and final.result["images"] == 6
+        assert final.done == 18 and final.result["images"] == 18
         dones = [u.done for u in seen]
-        assert dones == sorted(dones) and len(set(dones)) >= 3  # B saw A's fleet make progress
+        assert dones == sorted(dones) and len(set(dones)) >= 3, dones  # B saw the fleet progress
 
         long = ca.evaluate_dataset(_items(40), MODEL, methods=METHODS, morf=MORF)
         while cb.get_operation(long.id).done < 2:

@@ -104,7 +104,12 @@ class Fleet:
             self.metrics.state_store_up.set(1)
             log.info("state store ready", extra={"store": self.store.url, "schema": version})
             on_ready()
-            self.housekeeping()
+            try:
+                self.housekeeping()
+            except Exception as exc:
+                if self._stopped.is_set():
+                    return  # the server stopped meanwhile and closed the store
+                log.warning("state store housekeeping failed: %s", exc)
             while not models_loaded.wait(0.5):
                 if self._stopped.is_set():
                     return
