@@ -250,6 +250,10 @@ class ServiceInterceptor(grpc.ServerInterceptor):
             initializer=lower_current_thread,
         )
 
+    def close(self) -> None:
+        """Stop the expensive calls' threads (after the gRPC server has stopped)."""
+        self.background.shutdown(wait=False, cancel_futures=True)
+
     def intercept_service(
         self,
         continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler | None],

@@ -58,8 +58,10 @@ class XaiServer:
         health_servicer: health.HealthServicer,
         admission: Admission,
         segmenter: Segmenter,
+        service: ServiceInterceptor,
     ) -> None:
         self.settings = settings
+        self.service = service
         self.segmenter = segmenter
         self.grpc_server = grpc_server
         self.port = port
@@ -155,6 +157,7 @@ class XaiServer:
         # resume; their operations say "interrupted by shutdown".
         self.fleet.stop()
         self.grpc_server.stop(grace=0.5).wait()
+        self.service.close()
         self.repository.close()
         uninstall_segmenter(self.segmenter)
         self.segmenter.close()
@@ -197,7 +200,8 @@ def create_server(
     if settings.auth_tokens_file:
         tokens = read_tokens(settings.auth_tokens_file) + admin_tokens
         interceptors.append(TokenAuthInterceptor(tokens, metrics))
-    interceptors.append(ServiceInterceptor(metrics, admission, settings.stream_idle_seconds))
+    service = ServiceInterceptor(metrics, admission, settings.stream_idle_seconds)
+    interceptors.append(service)
     options = [
         ("grpc.max_receive_message_length", settings.max_message_bytes),
         ("grpc.max_send_message_length", settings.max_message_bytes),
@@ -265,6 +269,7 @@ def create_server(
         health_servicer,
         admission,
         segmenter,
+        service,
     )
     if settings.metrics_port:
         httpd, _ = start_http_server(
