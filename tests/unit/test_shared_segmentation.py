@@ -10,6 +10,7 @@ keeps Algorithm 3's known answer on a model whose answer is known by constructio
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -17,6 +18,7 @@ from prometheus_client import CollectorRegistry
 
 from tests.support import refines
 from xaiserve.errors import InvalidInput
+from xaiserve.imaging.exact_regions import exact_superpixels
 from xaiserve.imaging.segmentation import SegmentationParams
 from xaiserve.imaging.segmenter import Segmenter, install_segmenter, uninstall_segmenter
 from xaiserve.methods.base import Target
@@ -25,7 +27,11 @@ from xaiserve.methods.contextual_importance import (
     contextual_importance,
 )
 from xaiserve.methods.params import params_from_mapping, params_to_dict
-from xaiserve.methods.regional_prediction_difference import RegionalPredictionDifferenceParams
+from xaiserve.methods.regional_prediction_difference import (
+    ExclusionFills,
+    RegionalPredictionDifferenceParams,
+    region_noise,
+)
 from xaiserve.methods.regional_prediction_difference import explain as regional
 from xaiserve.observability import Metrics
 
@@ -123,3 +129,56 @@ def test_nested_needs_enough_prior_regions() -> None:
             {"segmentation": {"nested": True}, "scales": 5, "prior_segments": 16},
         )
     assert not params_from_mapping(RegionalPredictionDifferenceParams, {}).segmentation.nested
+
+
+@pytest.mark.parametrize("nested", [False, True])
+def test_cached_noise_draws_are_the_fresh_draws_bit_for_bit(metrics: Metrics, nested: bool) -> None:
+    """Re-explaining draws no noise again, and the perturbed images and maps are exactly those
+    of a segmenter that caches nothing (every draw fresh)."""
+    image, _ = scene()
+    params = params_from_mapping(
+        RegionalPredictionDifferenceParams,
+        {"scales": 4, "seed": 5, "segmentation": {"nested": nested}, "return_scale_maps": True},
+    )
+    first_model, warm_model = random_model(40, 48), random_model(40, 48)
+    regional(first_model, image, Target(0), params)
+    assert count(metrics, "misses", "noise") == 4 and count(metrics, "hits", "noise") == 0
+    warm = regional(warm_model, image, Target(1), params)
+    assert count(metrics, "misses", "noise") == 4 and count(metrics, "hits", "noise") == 4
+    # another seed or σ² is another draw
+    regional(random_model(40, 48), image, Target(1), replace(params, seed=6))
+    regional(random_model(40, 48), image, Target(1), replace(params, sigma_squared=11.0))
+    assert count(metrics, "misses", "noise") == 12
+    nocache = Segmenter(cache_bytes=0, workers=1, device="cpu")
+    install_segmenter(nocache)
+    try:
+        fresh_model = random_model(40, 48)
+        fresh = regional(fresh_model, image, Target(1), params)
+    finally:
+        uninstall_segmenter(nocache)
+        nocache.close()
+    assert warm_model.seen == fresh_model.seen == first_model.seen  # the same perturbed images
+    np.testing.assert_array_equal(warm.heatmap, fresh.heatmap)
+    for n in (2, 4, 8, 16):
+        np.testing.assert_array_equal(warm.maps[f"scale_{n}"], fresh.maps[f"scale_{n}"])
+
+
+def test_exclusion_fills_are_region_noise_in_region_order() -> None:
+    """The product against ``region_noise`` called region by region (the literal draw)."""
+    image, _ = scene()
+    params = RegionalPredictionDifferenceParams(seed=3, sigma_squared=900.0)
+    labels = exact_superpixels(image, 8, params.segmentation)
+    mu = np.array([10.0, 128.5, 250.0])
+    seg = Segmenter(cache_bytes=0, workers=1, device="cpu")
+    try:
+        order, bounds, fills = seg.inline(
+            seg.image(image), ExclusionFills.of(labels, 3, params, mu)
+        )
+    finally:
+        seg.close()
+    assert fills.dtype == np.float32 and len(bounds) == 9
+    for i in range(8):
+        pixels = np.flatnonzero(labels.ravel() == i)  # row-major, as the literal algorithm
+        np.testing.assert_array_equal(order[bounds[i] : bounds[i + 1]], pixels)
+        want = region_noise(3, 3, i, len(pixels), mu, 30.0).astype(np.float32)
+        np.testing.assert_array_equal(fills[bounds[i] : bounds[i + 1]], want)

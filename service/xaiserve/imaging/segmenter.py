@@ -47,6 +47,7 @@ import logging
 import os
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Hashable
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
@@ -61,7 +62,12 @@ from xaiserve.imaging.exact_regions import (
     exact_superpixels,
     nested_scales,
 )
-from xaiserve.imaging.segmentation import SegmentationParams, superpixels
+from xaiserve.imaging.segmentation import (
+    SegmentationParams,
+    slic_input,
+    split_slic_usable,
+    superpixels,
+)
 from xaiserve.imaging.segmentation_cache import SegmentationCache, image_digest, unpack
 
 if TYPE_CHECKING:
@@ -77,6 +83,43 @@ DEFAULT_CACHE_BYTES = 256 << 20
 
 WAIT_SLICE_S = 0.1
 """A waiting request checks its deadline and cancellation this often."""
+
+SLIC_INPUTS_PER_WORKER = 2
+"""Prepared SLIC inputs kept per worker (:class:`_SlicInputs`)."""
+
+
+class _SlicInputs:
+    """The few most recent :func:`~xaiserve.imaging.segmentation.slic_input` arrays.
+
+    One image is clustered at six or more counts by the same workers within moments (its
+    products are queued together), so a handful of prepared inputs — ``capacity`` entries, each
+    ``H·W·3`` float64 (1.2 MB at 224²), outside ``segmentation_cache_bytes`` — lets every count
+    after the first skip the CIELAB conversion and smoothing. Values are read-only.
+    """
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self._entries: OrderedDict[Hashable, np.ndarray] = OrderedDict()
+        self._lock = threading.Lock()
+        self.hits = 0
+
+    def get(self, key: Hashable, make: Callable[[], np.ndarray]) -> np.ndarray:
+        with self._lock:
+            found = self._entries.get(key)
+            if found is not None:
+                self._entries.move_to_end(key)
+                self.hits += 1
+                return found
+        value = make()  # outside the lock; two workers may race on a new image (both correct)
+        with self._lock:
+            self._entries[key] = value
+            self._entries.move_to_end(key)
+            while len(self._entries) > self.capacity:
+                self._entries.popitem(last=False)
+        return value
+
+    def __len__(self) -> int:
+        return len(self._entries)
 
 
 def default_workers() -> int:
@@ -143,7 +186,7 @@ class Superpixels:
         return self.params.algorithm_key(with_count=True)
 
     def compute(self, segmenter: Segmenter, image: SegImage) -> np.ndarray:
-        return segmenter.run_superpixels(image.pixels, self.params)
+        return segmenter.run_superpixels(image.pixels, self.params, image.digest)
 
 
 @dataclass(frozen=True)
@@ -285,6 +328,7 @@ class Segmenter:
         self._flights: dict[Hashable, _Flight] = {}
         self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="segment")
         self.cache = SegmentationCache(cache_bytes, on_evict=self._evicted)
+        self.slic_inputs = _SlicInputs(SLIC_INPUTS_PER_WORKER * self.workers)
         self.hits = 0
         self.misses = 0
         self.computed = 0
@@ -405,8 +449,14 @@ class Segmenter:
                 self.metrics.segmentation_dropped.inc()
 
     # -- devices -------------------------------------------------------------------------------
-    def run_superpixels(self, pixels: np.ndarray, params: SegmentationParams) -> np.ndarray:
-        """One superpixel call on this segmenter's device (GPU for SLIC, else scikit-image)."""
+    def run_superpixels(
+        self, pixels: np.ndarray, params: SegmentationParams, digest: bytes | None = None
+    ) -> np.ndarray:
+        """One superpixel call on this segmenter's device (GPU for SLIC, else scikit-image).
+
+        On the CPU, SLIC calls of the image with content ``digest`` share its prepared input
+        (:class:`_SlicInputs`): the same labels as ``slic`` called whole.
+        """
         if self.device == "gpu" and params.algorithm == "slic":
             from xaiserve.imaging import gpu_slic
 
@@ -414,6 +464,12 @@ class Segmenter:
                 return gpu_slic.superpixels(pixels, params)
             except Exception as exc:
                 self.fall_back(f"GPU SLIC failed ({type(exc).__name__}: {exc})")
+        if digest is not None and params.algorithm == "slic" and split_slic_usable():
+            prepared = self.slic_inputs.get(
+                (digest, params.sigma, params.compactness),
+                lambda: slic_input(pixels, params),
+            )
+            return superpixels(pixels, params, prepared)
         return superpixels(pixels, params)
 
     def _verify_gpu(self) -> None:

@@ -24,11 +24,18 @@ Sampling is reproducible and order-independent: the noise of region ``i`` at sca
 drawn from ``numpy.random.default_rng([seed, j, i])`` as ``standard_normal((n_i, 3))`` for the
 region's ``n_i`` pixels in row-major order, so a literal one-image-at-a-time implementation draws
 identical images. Samples are clipped to 0..255 (image space; the paper does not say).
+
+Since the draws are a pure function of the labels, ``μ``, ``σ²``, the seed and the scale, every
+scale's draws (with its pixels grouped by region) are a product of the shared segmenter too
+(:class:`ExclusionFills`, kind ``noise``, keyed by a digest of the labels and those values):
+re-explaining an image for another target draws nothing again, and gets the same float32
+pixels a fresh draw gives. The perturbed images are then a copy of the image and one flat
+scatter per region.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Hashable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -37,10 +44,13 @@ from xaiserve.contracts.footprint import Footprint, image_bytes, scores_bytes
 from xaiserve.errors import InvalidInput
 from xaiserve.imaging.exact_regions import BoundaryPrior
 from xaiserve.imaging.segmentation import SegmentationParams
+from xaiserve.imaging.segmentation_cache import image_digest
 from xaiserve.imaging.segmenter import (
     ExactRegions,
     NestedScales,
     Prior,
+    SegImage,
+    Segmenter,
     Ticket,
     shared_segmenter,
 )
@@ -139,6 +149,76 @@ def region_noise(
     return np.clip(noise, 0.0, 255.0, out=noise)
 
 
+@dataclass(frozen=True)
+class ExclusionFills:
+    """Scale ``scale``'s replacement pixels for every region (a segmenter product, kind ``noise``).
+
+    The value is ``(order, bounds, fills)``: pixel indices grouped by region
+    (:func:`region_order`), each region's bounds in them, and ``fills`` ``(H·W, 3)`` float32 with
+    ``fills[bounds[i]:bounds[i + 1]]`` = :func:`region_noise` of region ``i`` (as the float32
+    image receives it). The key is a digest of the labels and ``(scale, seed, σ², μ)``, which
+    determine the value completely; the labels and ``μ`` ride along for :meth:`compute`.
+    """
+
+    labels_digest: bytes
+    regions: int
+    scale: int
+    seed: int
+    sigma_squared: float
+    mu_bytes: bytes
+    labels: np.ndarray = field(compare=False, hash=False, repr=False)
+    mu: np.ndarray = field(compare=False, hash=False, repr=False)
+    kind: str = "noise"
+
+    @classmethod
+    def of(
+        cls,
+        labels: np.ndarray,
+        scale: int,
+        params: RegionalPredictionDifferenceParams,
+        mu: np.ndarray,
+    ) -> ExclusionFills:
+        """Scale ``scale`` (``2^scale`` regions) of ``labels`` with ``params``' seed and σ²."""
+        top = int(labels.max())
+        small = labels.astype(np.uint8 if top < 2**8 else np.uint16 if top < 2**16 else np.int32)
+        return cls(
+            image_digest(small),
+            2**scale,
+            scale,
+            params.seed,
+            params.sigma_squared,
+            np.asarray(mu, np.float64).tobytes(),
+            labels,
+            mu,
+        )
+
+    def key(self) -> Hashable:
+        return (
+            self.labels_digest,
+            self.regions,
+            self.scale,
+            self.seed,
+            self.sigma_squared,
+            self.mu_bytes,
+        )
+
+    def compute(
+        self, segmenter: Segmenter, image: SegImage
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        n = self.regions
+        order, bounds = region_order(self.labels, n)
+        sigma = float(np.sqrt(self.sigma_squared))
+        noise = np.empty((order.size, 3), dtype=np.float64)
+        for i in range(n):
+            rng = np.random.default_rng([self.seed, self.scale, i])
+            # the values of ``standard_normal((n_i, 3))``, written in place
+            rng.standard_normal(out=noise[bounds[i] : bounds[i + 1]])
+        noise *= sigma  # the operations of ``region_noise``, on every region at once
+        noise += self.mu
+        np.clip(noise, 0.0, 255.0, out=noise)
+        return order, bounds, noise.astype(np.float32)
+
+
 @dataclass
 class _Stream:
     """What the perturbation generator learns while it runs (read after ``predict``)."""
@@ -154,6 +234,8 @@ class _Segmentation:
     prior: Ticket
     scales: Sequence[Ticket]
     nested: bool
+    segmenter: Segmenter
+    image: SegImage
 
     def scale(self, j: int) -> np.ndarray:
         if self.nested:
@@ -183,7 +265,7 @@ def _segment(image: np.ndarray, params: RegionalPredictionDifferenceParams) -> _
         scales = [
             segmenter.request(img, ExactRegions(2**j, seg)) for j in range(1, params.scales + 1)
         ]
-    return _Segmentation(prior, scales, seg.nested)
+    return _Segmentation(prior, scales, seg.nested, segmenter, img)
 
 
 def _chunks(
@@ -200,18 +282,17 @@ def _chunks(
     segmentation is not ready yet, and a scale's last chunk goes as soon as it is complete when
     the next scale's labels are still being computed.
     """
-    sigma = float(np.sqrt(params.sigma_squared))
-    pending: list[tuple[int, int, np.ndarray, np.ndarray]] = []  # (scale, region, order, bounds)
+    # (region, its scale's flat pixel indices, bounds, flat fills)
+    pending: list[tuple[int, np.ndarray, np.ndarray, np.ndarray]] = []
     first = True
 
     def fill() -> np.ndarray:
         chunk = np.empty((len(pending) + int(first), *image.shape), dtype=image.dtype)
         chunk[:] = image
-        for row, (j, i, order, bounds) in enumerate(pending, start=int(first)):
-            pixels = order[bounds[i] : bounds[i + 1]]
-            chunk[row].reshape(-1, 3)[pixels] = region_noise(
-                params.seed, j, i, len(pixels), mu, sigma
-            )
+        for row, (i, idx, bounds, fills) in enumerate(pending, start=int(first)):
+            # one flat scatter of the region's 3·n_i values (several times faster than rows)
+            lo, hi = 3 * int(bounds[i]), 3 * int(bounds[i + 1])
+            chunk[row].reshape(-1)[idx[lo:hi]] = fills[lo:hi]
         pending.clear()
         return chunk
 
@@ -219,13 +300,17 @@ def _chunks(
         yield image[None]
         first = False
     state.prior = segmentation.prior.result()
-    mu = state.prior.mu
+    segmenter, img = segmentation.segmenter, segmentation.image
     for j in range(1, params.scales + 1):
         labels = segmentation.scale(j)
         state.labels.append(labels)
-        order, bounds = region_order(labels, 2**j)
-        for i in range(2**j):
-            pending.append((j, i, order, bounds))
+        order, bounds, fills = segmenter.inline(
+            img, ExclusionFills.of(labels, j, params, state.prior.mu)
+        )
+        idx = (3 * order.astype(np.intp)[:, None] + np.arange(3)).reshape(-1)
+        flat = fills.reshape(-1)
+        for i in range(len(bounds) - 1):
+            pending.append((i, idx, bounds, flat))
             if len(pending) + int(first) == CHUNK_IMAGES:
                 yield fill()
                 first = False
