@@ -12,6 +12,11 @@ calling scikit-image themselves:
 - :class:`NestedScales` — ``2^1 … 2^r`` regions merged from the ``2^8`` regions
   (:func:`~xaiserve.imaging.exact_regions.nested_scales`), the ``segmentation.nested`` option.
 
+Any object with ``kind``, ``key()`` and ``compute()`` is a product: the regional prediction
+difference caches its seeded per-scale noise draws this way (``ExclusionFills``, kind
+``noise``). On the CPU, SLIC calls of one image share its prepared input (CIELAB, smoothing:
+:func:`~xaiserve.imaging.segmentation.slic_input`) through a few-entry side cache.
+
 Three things happen behind that interface:
 
 1. **Cache.** Every product is looked up in a :class:`~xaiserve.imaging.segmentation_cache.
