@@ -144,17 +144,21 @@ def _maps_with_ties(shape: tuple[int, int], seed: int) -> np.ndarray:
     )
 
 
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @pytest.mark.parametrize("shape", [(64, 64), (30, 41), (9, 9)])
-def test_stacked_similarities_match_scipy_and_scikit_image(shape: tuple[int, int]) -> None:
+def test_stacked_similarities_match_scipy_and_scikit_image(
+    shape: tuple[int, int], dtype: type[np.floating]
+) -> None:
     """The vectorised figures for a stack of maps against two independent implementations:
     scipy's Spearman ρ and scikit-image's SSIM, map by map (and the HOG of the single-map
-    path), with ties, exact zeros and a constant map in the stack."""
+    path), with ties, exact zeros and a constant map in the stack. float32 maps (what methods
+    return) take the sort-by-value path of the rank correlations, float64 ones ``argsort``."""
     from scipy.stats import spearmanr
     from skimage.metrics import structural_similarity
 
     from xaiserve.evaluation.randomisation import ReferenceMap
 
-    maps = _maps_with_ties(shape, seed=sum(shape))
+    maps = _maps_with_ties(shape, seed=sum(shape)).astype(dtype)
     for original in (maps[0], maps[3], maps[1]):
         reference = ReferenceMap(original)
         stacked = reference.similarities(maps)
@@ -174,13 +178,61 @@ def test_stacked_similarities_match_scipy_and_scikit_image(shape: tuple[int, int
             assert sim.ssim == pytest.approx(expected, abs=1e-12)
 
 
-def test_average_ranks_match_scipy_rankdata_row_by_row() -> None:
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_average_ranks_match_scipy_rankdata_row_by_row(dtype: type[np.floating]) -> None:
     from scipy.stats import rankdata
 
     from xaiserve.evaluation.randomisation import average_ranks
 
-    rows = _maps_with_ties((12, 13), seed=4).reshape(6, -1)
+    rows = _maps_with_ties((12, 13), seed=4).reshape(6, -1).astype(dtype)
+    rows[3, ::2] = -0.0  # -0.0 and +0.0 are one value (ties), in both sort paths
+    rows[0, :3] = np.finfo(dtype).tiny / 4  # subnormal values keep their order
     np.testing.assert_array_equal(average_ranks(rows), rankdata(rows, axis=1))
+    wide = np.asarray(rows, np.float64)
+    wide[1, 5] += 1e-12  # a value with no spare low bits: the argsort path, same ranks
+    np.testing.assert_array_equal(average_ranks(wide), rankdata(wide, axis=1))
+
+
+def test_orientation_bins_match_numpy_arctan2_at_every_bin_boundary() -> None:
+    """HOG's orientation bins (torch's ``atan2`` with numpy's at the boundaries) against the
+    formula scikit-image's ``hog`` uses, with gradients a few ulps either side of every bin
+    boundary (multiples of 20°, ±180°), exactly horizontal and vertical ones, ±0 and random
+    ones."""
+    from xaiserve.evaluation.randomisation import orientation_bins
+
+    rng = np.random.default_rng(7)
+    boundaries = np.deg2rad(np.arange(-180.0, 181.0, 20.0))
+    angles = np.concatenate(
+        [boundaries + k * np.spacing(np.pi) for k in range(-4, 5)] + [rng.uniform(-4, 4, 4001)]
+    )
+    radius = rng.choice([1e-12, 0.5, 1.0, 3.0], size=angles.size)
+    g_row = (radius * np.sin(angles)).reshape(-1, 7)
+    g_col = (radius * np.cos(angles)).reshape(-1, 7)
+    g_row[:3, :4] = [[0.0, -0.0, 0.0, -0.0], [1.0, -1.0, 0.0, 0.0], [1e-300, -1e-300, 0.0, 0.0]]
+    g_col[:3, :4] = [[1.0, 1.0, -1.0, -1.0], [0.0, 0.0, 0.0, -0.0], [1.0, 1.0, -1.0, 2.0]]
+    expected = np.minimum(np.floor_divide(np.rad2deg(np.arctan2(g_row, g_col)) % 180, 20), 8)
+    np.testing.assert_array_equal(orientation_bins(g_row, g_col), expected.astype(np.intp))
+
+
+def test_reference_prepared_in_one_pass_serves_every_later_pass() -> None:
+    """The original map is prepared in the first pass (as one more row of its stack); maps
+    compared one at a time on a fresh reference, or after a pass of non-negative maps against a
+    non-negative original, get the figures of the one-stack pass and scipy's ρ."""
+    from scipy.stats import spearmanr
+
+    from xaiserve.evaluation.randomisation import ReferenceMap
+
+    maps = _maps_with_ties((32, 32), seed=9).astype(np.float32)
+    stacked = ReferenceMap(maps[0]).similarities(maps)
+    one_by_one = ReferenceMap(maps[0])
+    for b, sim in zip(maps, stacked, strict=True):
+        assert one_by_one.similarity(b).as_dict() == pytest.approx(sim.as_dict(), abs=1e-12)
+    nonnegative = ReferenceMap(maps[1])  # |signed|
+    nonnegative.similarities(maps[1:2])  # prepared on a non-negative pass
+    for b in (maps[0], maps[5]):  # then signed maps
+        sim = nonnegative.similarity(b)
+        rho = spearmanr(maps[1].ravel(), b.ravel()).statistic
+        assert sim.spearman_signed == pytest.approx(rho, abs=1e-12)
 
 
 def test_non_finite_map_in_a_stack_gives_nan_only_for_itself() -> None:

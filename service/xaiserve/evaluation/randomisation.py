@@ -21,11 +21,14 @@ Low similarity after randomisation is what a model-dependent method shows; a met
 map barely changes reflects the image more than the model. The summary number per method is
 ``spearman_abs`` at full randomisation (low is good).
 
-All four are computed for a whole stack of randomised maps at once
-(:meth:`ReferenceMap.similarities`: one sort per rank correlation, one filter pass for SSIM,
-one HOG pass), so that a randomisation test's comparisons stay small next to its method calls;
-``tests/unit/test_randomisation_similarity.py`` checks them map by map against scipy's
-``spearmanr``/``rankdata`` and scikit-image's ``structural_similarity`` and ``hog``.
+All four are computed for a whole stack of randomised maps at once, the original map being
+prepared as one more row of the first stack (:meth:`ReferenceMap.similarities`: one sort per
+rank correlation, by value with the pixel index in the spare low bits of float32-born values,
+one uniform-filter pass for SSIM's three local moments, one HOG pass with torch's vectorised
+``atan2`` and numpy's exact one next to the bin boundaries), so that a randomisation test's
+comparisons stay small next to its method calls; ``tests/unit/test_randomisation_similarity.py``
+checks them map by map against scipy's ``spearmanr``/``rankdata`` and scikit-image's
+``structural_similarity`` and ``hog``.
 """
 
 from __future__ import annotations
@@ -50,6 +53,7 @@ __all__ = [
     "map_similarity",
     "mean_curve",
     "normalise_abs",
+    "orientation_bins",
     "randomisation_curve",
     "spearman",
 ]
@@ -77,18 +81,45 @@ class MapSimilarity:
         return {m: float(getattr(self, m)) for m in METRICS}
 
 
-def _sorted_ranks(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Sort every row of a ``(V, N)`` array: the sorting permutation, the average rank
-    (1-based; ties share the mean of their positions) of each sorted position, and which rows
-    are constant. Ties are rare in real maps except runs of exact zeros, so only the tied
-    positions are visited after the sort."""
-    x = np.asarray(rows)
-    v, n = x.shape
-    order = np.argsort(x, axis=1)
-    ordered = np.take_along_axis(x, order, axis=1)
+_SIGN = np.uint64(1 << 63)
+
+
+def _sorted_rows(rows: np.ndarray, magnitude: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """The ascending sorting permutation of every row of a finite ``(V, N)`` float64 array (of
+    ``|rows|`` when ``magnitude``), and the sorted values.
+
+    Maps come from float32 heatmaps, whose float64 values end in 29 zero mantissa bits. When
+    every value has enough zero low bits to hold a pixel index, the index is written into them
+    and the rows are sorted by value (``np.sort``, several times faster than ``np.argsort``):
+    writing ``i < 2^k`` into the ``k`` zero low bits moves a value by less than the gap to the
+    next value with those bits zero, so distinct values keep their order, equal values stay
+    adjacent, and the index comes back out of the sorted bits. ``-0.0`` is made ``+0.0`` first
+    (they are equal values). Other rows fall back to ``np.argsort``.
+    """
+    x = np.asarray(rows, np.float64)
+    n = x.shape[1]
+    low = np.uint64((1 << max(1, (n - 1).bit_length())) - 1)
+    bits = (x + 0.0).view(np.uint64)  # + 0.0 turns -0.0 into +0.0
+    if n and (n - 1).bit_length() <= 52 and not np.any(bits & low):
+        keys = bits | np.arange(n, dtype=np.uint64)
+        if magnitude:
+            keys &= ~_SIGN
+        keys.view(np.float64).sort(axis=1)
+        order = (keys & low).astype(np.intp)
+        keys &= ~low
+        return order, keys.view(np.float64)
+    values = np.abs(x) if magnitude else x
+    order = np.argsort(values, axis=1)
+    return order, np.take_along_axis(values, order, axis=1)
+
+
+def _ranks_of_sorted(ordered: np.ndarray) -> np.ndarray:
+    """The average rank (1-based; ties share the mean of their positions) of each position of
+    sorted ``(V, N)`` rows. Ties are rare in real maps except runs of exact zeros, so only the
+    tied positions are visited."""
+    v, n = ordered.shape
     ranks = np.empty((v, n), np.float64)
     ranks[:] = np.arange(1.0, n + 1.0)
-    constant = ordered[:, 0] == ordered[:, -1] if n else np.ones(v, bool)
     tie = np.flatnonzero(ordered[:, 1:] == ordered[:, :-1])  # sorted[k] == sorted[k + 1]
     if tie.size:
         row, k = np.divmod(tie, n - 1)
@@ -100,20 +131,21 @@ def _sorted_ranks(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]
         run = np.cumsum(starts) - 1
         ranks[row, k] = mean[run]
         ranks[row, k + 1] = mean[run]
-    return order, ranks, constant
+    return ranks
 
 
 def average_ranks(rows: np.ndarray) -> np.ndarray:
     """Average ranks (1-based, ties share the mean of their positions, as
-    ``scipy.stats.rankdata(..., method="average")``) of every row of a ``(V, N)`` array."""
+    ``scipy.stats.rankdata(..., method="average")``) of every row of a finite ``(V, N)``
+    array."""
     x = np.asarray(rows)
     if x.ndim != 2:
         raise ValueError(f"expected a (V, N) array, got shape {x.shape}")
     if x.size == 0:
         return np.empty(x.shape, np.float64)
-    order, sorted_ranks, _ = _sorted_ranks(x)
-    ranks = np.empty_like(sorted_ranks)
-    np.put_along_axis(ranks, order, sorted_ranks, axis=1)
+    order, ordered = _sorted_rows(x)
+    ranks = np.empty(x.shape, np.float64)
+    np.put_along_axis(ranks, order, _ranks_of_sorted(ordered), axis=1)
     return ranks
 
 
@@ -143,18 +175,42 @@ def _correlations(x: np.ndarray | None, rows: np.ndarray, constant: np.ndarray) 
     return np.where(constant, 0.0, np.clip(rows @ x, -1.0, 1.0))
 
 
-def _rank_correlations(reference: np.ndarray | None, rows: np.ndarray) -> np.ndarray:
+def _prepared_ranks(order: np.ndarray, ordered: np.ndarray) -> np.ndarray | None:
+    """:func:`_ranks` of one map from its sorting permutation and sorted values."""
+    n = ordered.size
+    if n == 0 or ordered[0] == ordered[-1]:
+        return None
+    r = np.empty(n, np.float64)
+    r[order] = _ranks_of_sorted(ordered[None])[0]
+    r -= (n + 1) / 2.0  # average ranks always sum to n(n+1)/2
+    return np.asarray(r / np.linalg.norm(r))
+
+
+def _rank_correlations(
+    reference: np.ndarray | None, order: np.ndarray, ordered: np.ndarray
+) -> np.ndarray:
     """Spearman's ρ of a reference (its prepared ranks, ``None``: constant) with every row of a
-    ``(V, N)`` array. ρ = Σ_k r[order_k]·(R_k − mean) / ‖R − mean‖ over the sorted positions
-    ``k`` of a row (``R`` its average ranks): the reference is gathered in each row's order, so
-    the row's ranks never need scattering back to pixel order."""
-    order, sorted_ranks, constant = _sorted_ranks(rows)
+    ``(V, N)`` array, given each row's sorting permutation and sorted values
+    (:func:`_sorted_rows`).
+
+    ρ = Σ_k r[order_k]·(R_k − mean) / ‖R − mean‖ over the sorted positions ``k`` of a row
+    (``R`` its average ranks): the reference is gathered in each row's order, so the row's ranks
+    never need scattering back to pixel order. A row without ties has ``R_k = k + 1``, the same
+    for every row; only rows with ties get their average ranks computed.
+    """
+    constant = ordered[:, 0] == ordered[:, -1]
     if reference is None:
         return np.where(constant, 1.0, 0.0)
-    sorted_ranks -= (rows.shape[1] + 1) / 2.0
-    norm = np.linalg.norm(sorted_ranks, axis=1)
-    dots = np.einsum("vn,vn->v", reference[order], sorted_ranks)
-    rho = dots / np.where(constant, 1.0, norm)
+    n = order.shape[1]
+    gathered = reference[order]
+    centred = np.arange(1.0, n + 1.0) - (n + 1) / 2.0
+    rho = gathered @ (centred / np.linalg.norm(centred))
+    tied = np.flatnonzero(np.any(ordered[:, 1:] == ordered[:, :-1], axis=1) & ~constant)
+    if tied.size:
+        ranks = _ranks_of_sorted(ordered[tied])
+        ranks -= (n + 1) / 2.0  # average ranks always sum to n(n+1)/2
+        norm = np.linalg.norm(ranks, axis=1)
+        rho[tied] = np.einsum("vn,vn->v", gathered[tied], ranks) / norm
     return np.where(constant, 0.0, np.clip(rho, -1.0, 1.0))
 
 
@@ -181,39 +237,109 @@ def _ssim_window(shape: tuple[int, ...]) -> int:
     return 7 if side >= 7 else (side if side % 2 else side - 1)
 
 
+def _ssim_moments(reference: np.ndarray, maps: np.ndarray, win: int) -> np.ndarray:
+    """The local means of ``y``, ``y²`` and ``x·y`` (``x`` the reference, ``y`` each map of a
+    ``(V, H, W)`` stack) over ``win``×``win`` windows with reflected borders, in one
+    uniform-filter pass: ``(3, V, H, W)``."""
+    moments = np.empty((3, *maps.shape))
+    moments[0] = maps
+    np.multiply(maps, maps, out=moments[1])
+    np.multiply(reference, maps, out=moments[2])
+    return np.asarray(ndimage.uniform_filter(moments, size=(1, 1, win, win)))
+
+
 class _SsimSide:
-    """The local means and second moments of one side of SSIM (Wang et al. 2004, Eq. 13 with
-    scikit-image's ``structural_similarity`` choices: uniform ``win``×``win`` window, reflected
-    borders, sample covariance, K1 = 0.01, K2 = 0.03, ``data_range`` 1) for a stack of maps."""
+    """SSIM (Wang et al. 2004, Eq. 13 with scikit-image's ``structural_similarity`` choices:
+    uniform ``win``×``win`` window, reflected borders, sample covariance, K1 = 0.01, K2 = 0.03,
+    ``data_range`` 1, mean over the map cropped by ``(win − 1)/2`` on each side) of one
+    reference map with a stack of maps.
 
-    def __init__(self, maps: np.ndarray, win: int) -> None:
+    Built from the reference's own row of :func:`_ssim_moments` (its local mean and second
+    moment); :meth:`ssim` evaluates Eq. 13 on the cropped pixels only (the only ones averaged)
+    from the stack's moments."""
+
+    def __init__(self, reference: np.ndarray, mean: np.ndarray, square: np.ndarray, win: int):
         self.win = win
-        size = (1,) * (maps.ndim - 2) + (win, win)
-        cov_norm = win * win / (win * win - 1.0)
-        self.maps = maps
-        self.mean = ndimage.uniform_filter(maps, size=size)
-        self.var = cov_norm * (ndimage.uniform_filter(maps * maps, size=size) - self.mean**2)
-        self._size = size
-        self._cov_norm = cov_norm
+        self.maps = reference
+        self._cov_norm = win * win / (win * win - 1.0)
+        pad = (win - 1) // 2
+        self._crop = (slice(pad, reference.shape[-2] - pad), slice(pad, reference.shape[-1] - pad))
+        mean, square = mean[self._crop], square[self._crop]
+        self.mean = mean
+        self.var = self._cov_norm * (square - mean**2)
 
-    def ssim(self, other: _SsimSide) -> np.ndarray:
-        """Mean SSIM of each map of ``other`` with this side's single map (crop as skimage)."""
+    def ssim(self, moments: np.ndarray) -> np.ndarray:
+        """Mean SSIM of each map with the reference, from the stack's :func:`_ssim_moments`."""
         c1, c2 = 0.01**2, 0.03**2
-        uxy = ndimage.uniform_filter(self.maps * other.maps, size=other._size)
-        cov = self._cov_norm * (uxy - self.mean * other.mean)
-        s = ((2 * self.mean * other.mean + c1) * (2 * cov + c2)) / (
-            (self.mean**2 + other.mean**2 + c1) * (self.var + other.var + c2)
+        mean, square, product = moments[(slice(None), slice(None), *self._crop)]
+        var = self._cov_norm * (square - mean**2)
+        cov = self._cov_norm * (product - self.mean * mean)
+        s = ((2 * self.mean * mean + c1) * (2 * cov + c2)) / (
+            (self.mean**2 + mean**2 + c1) * (self.var + var + c2)
         )
-        pad = (self.win - 1) // 2
-        cropped = s[..., pad : s.shape[-2] - pad, pad : s.shape[-1] - pad]
-        return np.asarray(cropped.mean(axis=(-2, -1), dtype=np.float64))
+        return np.asarray(s.mean(axis=(-2, -1), dtype=np.float64))
+
+
+#: Elements per ``torch.atan2`` call in :func:`orientation_bins`: under torch's parallel grain
+#: (32 768), so that the comparisons, which run next to method calls, stay on their own thread.
+_ATAN2_CHUNK = 2**14
+#: Bin widths from a bin boundary within which :func:`orientation_bins` bins the pixel the slow
+#: way (≈ 2·10⁻⁸ degrees; torch's and numpy's angles differ by ~10⁻¹⁴).
+_BIN_MARGIN = 1e-9
+
+
+def orientation_bins(g_row: np.ndarray, g_col: np.ndarray) -> np.ndarray:
+    """HOG's unsigned orientation bin (0..8) of each gradient, exactly as scikit-image's
+    ``hog`` bins it: ``⌊(rad2deg(arctan2(g_row, g_col)) mod 180) / 20⌋`` with numpy's rounding.
+
+    The angles come from torch's vectorised ``atan2`` (several times faster than numpy's), in
+    units of bins (``atan2 · 9/π``); a pixel whose angle is not within :data:`_BIN_MARGIN` of a
+    bin boundary gets ``⌊t⌋ mod 9``, which no rounding difference can change. The few pixels
+    near a boundary (among them every exactly horizontal gradient: 0°, ±180°) are binned the
+    slow, exact way: numpy's ``arctan2``, ``rad2deg``, the fold onto [0°, 180°) and an exact
+    ``⌊·/20⌋``."""
+    import torch
+
+    flat_row = np.ascontiguousarray(g_row, np.float64).reshape(-1)
+    flat_col = np.ascontiguousarray(g_col, np.float64).reshape(-1)
+    t = np.empty_like(flat_row)
+    out, rows, cols = (torch.from_numpy(a) for a in (t, flat_row, flat_col))
+    with torch.no_grad():
+        for start in range(0, t.size, _ATAN2_CHUNK):
+            part = slice(start, start + _ATAN2_CHUNK)
+            torch.atan2(rows[part], cols[part], out=out[part])
+    t *= HOG_ORIENTATIONS / math.pi
+    whole = np.floor(t)
+    t -= whole  # the fraction of a bin
+    near = np.flatnonzero((t < _BIN_MARGIN) | (t > 1 - _BIN_MARGIN))
+    whole += np.where(whole < 0, HOG_ORIENTATIONS, 0)  # (−180°, 0°) folds onto (0°, 180°)
+    bins = whole.astype(np.intp)
+    if near.size:
+        bins[near] = _exact_bins(flat_row[near], flat_col[near])
+    return bins.reshape(np.shape(g_row))
+
+
+def _exact_bins(g_row: np.ndarray, g_col: np.ndarray) -> np.ndarray:
+    """:func:`orientation_bins` the slow way, with numpy's rounding at every step."""
+    angle = np.rad2deg(np.arctan2(g_row, g_col))
+    # ``angle % 180`` for an angle in [−180, 180], with numpy's rounding: 180 → 0, x < 0 → x + 180
+    angle[angle == 180] = 0
+    angle += np.where(angle < 0, 180.0, 0.0)
+    # ⌊angle / 20⌋ (``np.floor_divide``, exact, is ~20× slower): the rounded quotient is at most
+    # one too high, when it rounds up to a whole number, which the exact product bin × 20 (a
+    # small whole number times 20) reveals
+    width = 180 / HOG_ORIENTATIONS
+    bins = np.floor(angle / width)
+    bins -= bins * width > angle
+    np.minimum(bins, HOG_ORIENTATIONS - 1, out=bins)
+    return bins.astype(np.intp)
 
 
 def hog_descriptor(x: np.ndarray) -> np.ndarray:
     """Dalal & Triggs HOG of a 2-D map exactly as scikit-image's ``hog`` computes it (9
     unsigned orientations, 8×8-pixel cells, 3×3-cell blocks, L2-Hys, no ``transform_sqrt``),
-    vectorised with numpy: about 10× faster on a 224² map, which matters because the test
-    compares one map per variant. A stack ``(V, H, W)`` gives one descriptor per map, ``(V,
+    vectorised with numpy (orientation bins: :func:`orientation_bins`): about 10× faster on a
+    224² map, which matters because the test compares one map per variant. A stack ``(V, H, W)`` gives one descriptor per map, ``(V,
     D)``. ``tests/unit/test_randomisation_similarity.py`` checks it against
     ``skimage.feature.hog``.
     """
@@ -235,29 +361,28 @@ def hog_descriptor(x: np.ndarray) -> np.ndarray:
     magnitude = g_col * g_col  # √(g_col² + g_row²), in place (``np.hypot`` is ~8× slower)
     magnitude += g_row * g_row
     np.sqrt(magnitude, out=magnitude)
-    angle = np.arctan2(g_row, g_col, out=g_row)  # in place: the buffers are not needed again
-    np.rad2deg(angle, out=angle)
-    # ``angle % 180`` for an angle in [−180, 180], with numpy's rounding: 180 → 0, x < 0 → x + 180
-    angle[angle == 180] = 0
-    np.add(angle, 180, out=angle, where=angle < 0)
-    np.floor_divide(angle, 180 / HOG_ORIENTATIONS, out=angle)
-    np.minimum(angle, HOG_ORIENTATIONS - 1, out=angle)
+    index = orientation_bins(g_row, g_col)
     cells = n_rows * n_cols
     cell = (np.arange(h)[:, None] // HOG_CELL) * n_cols + (np.arange(w)[None, :] // HOG_CELL)
-    index = angle.astype(np.intp)
     index += (np.arange(count)[:, None, None] * cells + cell) * HOG_ORIENTATIONS
     hist = np.bincount(
         index.ravel(), weights=magnitude.ravel(), minlength=count * cells * HOG_ORIENTATIONS
     ).reshape(count, n_rows, n_cols, HOG_ORIENTATIONS) / (HOG_CELL * HOG_CELL)
     b_rows, b_cols = n_rows - HOG_BLOCK + 1, n_cols - HOG_BLOCK + 1
-    windows = np.lib.stride_tricks.sliding_window_view(hist, (HOG_BLOCK, HOG_BLOCK), axis=(1, 2))
-    # (maps, rows, cols, 3, 3, orientations)
-    blocks = windows[:, :b_rows, :b_cols].transpose(0, 1, 2, 4, 5, 3)
+    # (maps, block rows, block cols, cell row · cell col · orientation) of every 3×3-cell block
+    blocks = np.stack(
+        [
+            hist[:, i : i + b_rows, j : j + b_cols]
+            for i in range(HOG_BLOCK)
+            for j in range(HOG_BLOCK)
+        ],
+        axis=3,
+    ).reshape(count, b_rows, b_cols, -1)
     eps = 1e-5
-    norm = np.sqrt((blocks**2).sum(axis=(3, 4, 5), keepdims=True) + eps**2)
+    norm = np.sqrt((blocks * blocks).sum(axis=-1, keepdims=True) + eps**2)
     clipped = np.minimum(blocks / norm, 0.2)
-    norm = np.sqrt((clipped**2).sum(axis=(3, 4, 5), keepdims=True) + eps**2)
-    features = np.asarray(clipped / norm).reshape(count, -1)
+    norm = np.sqrt((clipped * clipped).sum(axis=-1, keepdims=True) + eps**2)
+    features = (clipped / norm).reshape(count, -1)
     return features[0] if single else features
 
 
@@ -280,7 +405,11 @@ def _figure(value: float) -> float:
 class ReferenceMap:
     """The original map, prepared once (ranks, normalised map, SSIM moments, HOG features) so
     that comparing it with many randomised maps costs only the randomised side, computed for
-    all of them at once (:meth:`similarities`)."""
+    all of them at once (:meth:`similarities`).
+
+    The preparation runs in the first :meth:`similarities` pass, with the original as one more
+    row of that stack (the same computations as for the randomised maps, so one pass instead of
+    two)."""
 
     def __init__(self, heatmap: np.ndarray) -> None:
         a = np.asarray(heatmap, np.float64)
@@ -290,16 +419,14 @@ class ReferenceMap:
         self.finite = bool(np.all(np.isfinite(a)))
         self.has_hog = min(a.shape) >= HOG_CELL * HOG_BLOCK
         self.win = _ssim_window(a.shape)
-        if not self.finite:
-            return
-        self._abs_ranks = _ranks(np.abs(a))
-        self._ranks = _ranks(a)
-        self._nonnegative = bool(np.all(a >= 0))
-        self._normalised = normalise_abs(a)
-        self._ssim = _SsimSide(self._normalised, self.win) if self.win >= 3 else None
-        if self.has_hog:
-            features, constant = _hog_features(self._normalised[None])
-            self._hog = None if constant[0] else features[0]
+        self._map = a
+        self._prepared = False
+        self._nonnegative = bool(np.all(a >= 0)) if self.finite else False
+        self._abs_ranks: np.ndarray | None = None
+        self._ranks: np.ndarray | None = None
+        self._normalised = np.empty(0)
+        self._ssim: _SsimSide | None = None
+        self._hog: np.ndarray | None = None
 
     def similarity(self, randomised: np.ndarray) -> MapSimilarity:
         """All four similarities to ``randomised`` (see the module docs)."""
@@ -321,32 +448,45 @@ class ReferenceMap:
         return [MapSimilarity(*(_figure(v) for v in row)) for row in result]
 
     def _similarities(self, b: np.ndarray) -> np.ndarray:
-        flat = b.reshape(len(b), -1)
-        spearman_abs = _rank_correlations(self._abs_ranks, np.abs(flat))
-        if self._nonnegative and np.all(flat >= 0):  # maps rank as their absolute values
+        first = 0 if self._prepared else 1  # the first pass prepares the reference as row 0
+        if first:
+            b = np.concatenate([self._map[None], b])
+        count = len(b)
+        flat = b.reshape(count, -1)
+        nonnegative = self._nonnegative and bool(np.all(flat >= 0))
+        order, ordered = _sorted_rows(flat, magnitude=True)
+        if first:
+            self._abs_ranks = _prepared_ranks(order[0], ordered[0])
+        spearman_abs = _rank_correlations(self._abs_ranks, order[first:], ordered[first:])
+        if first and self._nonnegative:  # a non-negative map ranks as its absolute values
+            self._ranks = self._abs_ranks
+        if nonnegative:  # so do the maps
             spearman_signed = spearman_abs
         else:
-            spearman_signed = _rank_correlations(self._ranks, flat)
+            order, ordered = _sorted_rows(flat)
+            if first:
+                self._ranks = _prepared_ranks(order[0], ordered[0])
+            spearman_signed = _rank_correlations(self._ranks, order[first:], ordered[first:])
         normalised = normalise_abs(b)
-        ssim = (
-            self._ssim.ssim(_SsimSide(normalised, self.win))
-            if self._ssim is not None
-            else np.full(len(b), math.nan)
-        )
+        reference = normalised[0] if first else self._normalised
+        self._normalised = reference
+        if self.win >= 3:
+            moments = _ssim_moments(reference, normalised, self.win)
+            if first:
+                self._ssim = _SsimSide(reference, moments[0, 0], moments[1, 0], self.win)
+            assert self._ssim is not None
+            ssim = self._ssim.ssim(moments[:, first:])
+        else:
+            ssim = np.full(count - first, math.nan)
         if self.has_hog:
             features, hog_constant = _hog_features(normalised)
-            hog = _correlations(self._hog, features, hog_constant)
+            if first:
+                self._hog = None if hog_constant[0] else features[0]
+            hog = _correlations(self._hog, features[first:], hog_constant[first:])
         else:
-            hog = np.full(len(b), math.nan)
-        return np.stack(
-            [
-                spearman_abs,
-                spearman_signed,
-                ssim,
-                hog,
-            ],
-            axis=1,
-        )
+            hog = np.full(count - first, math.nan)
+        self._prepared = True
+        return np.stack([spearman_abs, spearman_signed, ssim, hog], axis=1)
 
 
 def map_similarity(original: np.ndarray, randomised: np.ndarray) -> MapSimilarity:
