@@ -63,6 +63,9 @@ class Settings:
     worker_threads: int = 0  # gRPC handler threads; 0 = every admission slot + 16 spare
     max_concurrent_requests: int = 24  # expensive RPCs at once (Explain, Score, operations)
     max_concurrent_cheap: int = 32  # cheap RPCs at once (Predict, look-ups, Get/Cancel operation)
+    # admitted Explain/Score calls running at once, the rest wait their turn in arrival order;
+    # 0 = 2 × the CPUs this process may use, at most max_concurrent_requests
+    max_running_requests: int = 0
     max_watchers: int = 32  # open WatchOperation streams (they hold no request slot)
     stream_idle_seconds: float = 60.0  # a client stream silent this long is ended (0 = never)
     max_rpcs: int = 0  # gRPC-level backstop incl. health checks; 0 = all slots × 2 + 16
@@ -159,6 +162,7 @@ class Settings:
         if self.max_request_bytes > self.memory_budget_bytes:
             raise ValueError("setting max_request_bytes must not exceed memory_budget_bytes")
         for name in (
+            "max_running_requests",
             "operation_workers",
             "operations_retention_count",
             "chunk_items",

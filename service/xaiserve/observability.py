@@ -117,6 +117,19 @@ class Metrics:
             namespace=NAMESPACE,
             registry=r,
         )
+        self.waiting_to_run = Gauge(
+            "requests_waiting_to_run",
+            "Admitted Explain/Score calls waiting for one of max_running_requests runners.",
+            namespace=NAMESPACE,
+            registry=r,
+        )
+        self.run_wait_seconds = Histogram(
+            "run_wait_seconds",
+            "Time an admitted Explain/Score call waited for a runner before it started.",
+            namespace=NAMESPACE,
+            registry=r,
+            buckets=LATENCY_BUCKETS,
+        )
         self.rejected_total = Counter(
             "rejected_requests",
             "Requests refused before or during admission, by reason.",

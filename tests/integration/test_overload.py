@@ -161,3 +161,66 @@ def test_concurrent_requests_get_the_same_maps_as_sequential(
         np.testing.assert_allclose(
             a, b, rtol=1e-5, atol=1e-7, err_msg=r.method.WhichOneof("method")
         )
+
+
+def sample(server, name: str, labels: dict[str, str] | None = None) -> float:  # type: ignore[no-untyped-def]
+    return server.metrics.registry.get_sample_value(name, labels or {}) or 0.0
+
+
+def test_admitted_calls_beyond_the_runners_wait_their_turn(
+    start_server, channel_to, repo: Path
+) -> None:  # type: ignore[no-untyped-def]
+    """#18: with one runner, a second admitted Explain waits (it is not refused) and runs when
+    the first ends; one whose deadline passes while it waits never starts."""
+    server, port = start_server(repo, max_concurrent_requests=3, max_running_requests=1)
+    stub = pb_grpc.ExplainServiceStub(channel_to(port))
+    holder_error: list[grpc.StatusCode] = []
+
+    def hold() -> None:
+        try:
+            stub.Explain(slow_request(samples=DEADLINE_SAMPLES), timeout=3.0)
+        except grpc.RpcError as exc:
+            holder_error.append(exc.code())
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    deadline = time.monotonic() + 30
+    while images_done(server) == 0:  # the holder runs on the only runner
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    started_before = sample(server, "xaiserve_run_wait_seconds_count")
+
+    waiting_seen: list[float] = []
+
+    def watch() -> None:
+        time.sleep(0.5)
+        waiting_seen.append(sample(server, "xaiserve_requests_waiting_to_run"))
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    with pytest.raises(grpc.RpcError) as info:
+        stub.Explain(slow_request(seed=1, samples=2), timeout=1.0)
+    watcher.join()
+    assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert waiting_seen == [1.0]  # it waited, admitted, while the holder ran
+    assert sample(server, "xaiserve_run_wait_seconds_count") == started_before  # never started
+
+    queued_at = time.monotonic()
+    reply = stub.Explain(slow_request(seed=2, samples=2), timeout=60)  # waits, then runs
+    waited = time.monotonic() - queued_at
+    holder.join(30)
+    assert holder_error == [grpc.StatusCode.DEADLINE_EXCEEDED]
+    assert reply.heatmap.data and waited > 0.5  # the holder still had > 1 s to go
+    assert sample(server, "xaiserve_requests_waiting_to_run") == 0.0
+    assert sample(server, "xaiserve_run_wait_seconds_count") == started_before + 1
+    assert sample(server, "xaiserve_rejected_requests_total", {"reason": "concurrency"}) == 0
+    expired = [  # the holder, and the call that never started (its method is not read yet)
+        s.labels["method"]
+        for m in server.metrics.registry.collect()
+        for s in m.samples
+        if s.name == "xaiserve_requests_total"
+        and s.labels.get("rpc") == "Explain"
+        and s.labels.get("code") == "DEADLINE_EXCEEDED"
+        for _ in range(int(s.value))
+    ]
+    assert sorted(expired) == ["none", "pixelwise_prediction_difference"]

@@ -15,7 +15,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import CancelledError, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,7 +23,7 @@ from typing import Any
 import grpc
 
 from xaiserve import tracing
-from xaiserve.errors import Cancelled, Overloaded, XaiserveError
+from xaiserve.errors import Cancelled, Overloaded, Unavailable, XaiserveError
 from xaiserve.observability import Metrics
 from xaiserve.runtime.context import deadline_reached
 from xaiserve.runtime.priority import lower_current_thread
@@ -234,20 +234,28 @@ class ServiceInterceptor(grpc.ServerInterceptor):
 
     Expensive unary calls (Explain, Score) run in threads of their own at a lower CPU priority
     (``runtime.priority``): the torch threads, segmentation workers and numpy work they start
-    inherit it, so on a saturated machine the cores go to Predict and the look-ups first.
+    inherit it, so on a saturated machine the cores go to Predict and the look-ups first. At
+    most ``running`` of them run at once (``max_running_requests``); the other admitted ones
+    wait in arrival order, and one whose client leaves meanwhile never starts.
     """
 
     def __init__(
-        self, metrics: Metrics, admission: Admission, stream_idle_seconds: float = 0.0
+        self,
+        metrics: Metrics,
+        admission: Admission,
+        stream_idle_seconds: float = 0.0,
+        running: int = 0,
     ) -> None:
         self.metrics = metrics
         self.admission = admission
         self.idle = IdleWatchdog(stream_idle_seconds, metrics)
-        # one thread per expensive slot: an admitted call never waits for a thread
+        # ``running`` runners (default: one per expensive slot). Admitted calls beyond them wait
+        # in arrival order: on a small machine, two dozen explanations at once add no throughput,
+        # only threads contending for the cores and the GIL that a Predict also needs.
+        capacity = admission.pools[EXPENSIVE].capacity
+        self.running = min(running, capacity) if running > 0 else capacity
         self.background = ThreadPoolExecutor(
-            admission.pools[EXPENSIVE].capacity,
-            thread_name_prefix="expensive",
-            initializer=lower_current_thread,
+            self.running, thread_name_prefix="expensive", initializer=lower_current_thread
         )
 
     def close(self) -> None:
@@ -356,8 +364,7 @@ class ServiceInterceptor(grpc.ServerInterceptor):
             try:
                 with tracing.server_span(SERVICE_PREFIX[1:] + rpc, context.invocation_metadata()):
                     if lowered:
-                        run = contextvars.copy_context().run  # the span and RpcInfo go along
-                        return self.background.submit(run, behaviour, request, context).result()
+                        return self._run_in_background(behaviour, request, context)
                     return behaviour(self._requests(request, context, kind), context)
             except Exception as exc:
                 code, message = self._status_of(exc, rpc, context)
@@ -368,6 +375,35 @@ class ServiceInterceptor(grpc.ServerInterceptor):
                 _rpc_info.reset(token)
 
         return call
+
+    def _run_in_background(
+        self, behaviour: Callable[..., Any], request: Any, context: grpc.ServicerContext
+    ) -> Any:
+        """Run an admitted expensive call on a lowered runner, waiting in arrival order for one.
+        A call whose client leaves (cancel, deadline) while it waits never starts."""
+        run = contextvars.copy_context().run  # the span and RpcInfo go along
+        queued = time.perf_counter()
+
+        def job() -> Any:
+            self.metrics.waiting_to_run.dec()
+            self.metrics.run_wait_seconds.observe(time.perf_counter() - queued)
+            return run(behaviour, request, context)
+
+        self.metrics.waiting_to_run.inc()
+        future = self.background.submit(job)
+
+        def abandon() -> None:  # the RPC ended (cancel, deadline): a call still waiting never runs
+            future.cancel()
+
+        if not context.add_callback(abandon):  # it has already ended
+            abandon()
+        try:
+            return future.result()
+        except CancelledError:
+            self.metrics.waiting_to_run.dec()  # cancelled before it started
+            if context.is_active():
+                raise Unavailable("the server is stopping; retry on another replica") from None
+            raise
 
     def _wrap_stream(
         self, rpc: str, behaviour: Callable[..., Iterator[Any]], kind: str

@@ -35,6 +35,7 @@ from xaiserve.models.repository import ModelRepository
 from xaiserve.observability import Metrics, configure_logging
 from xaiserve.runtime import context as rctx
 from xaiserve.runtime.batcher import ImageBudget
+from xaiserve.runtime.cpus import available_cpus
 from xaiserve_client.v1 import explain_pb2, explain_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -200,7 +201,14 @@ def create_server(
     if settings.auth_tokens_file:
         tokens = read_tokens(settings.auth_tokens_file) + admin_tokens
         interceptors.append(TokenAuthInterceptor(tokens, metrics))
-    service = ServiceInterceptor(metrics, admission, settings.stream_idle_seconds)
+    running = settings.max_running_requests or 2 * available_cpus()
+    service = ServiceInterceptor(metrics, admission, settings.stream_idle_seconds, running)
+    log.info(
+        "admission: %d expensive calls admitted, %d running at once, %d cheap",
+        settings.max_concurrent_requests,
+        service.running,
+        settings.max_concurrent_cheap,
+    )
     interceptors.append(service)
     options = [
         ("grpc.max_receive_message_length", settings.max_message_bytes),
