@@ -182,13 +182,18 @@ def bench_concurrency(
     floor_wall: float,
     floor_cpu: float,
     intra_op: Sequence[int] = (0,),
+    seg_workers: int = 0,
+    inference_workers: Sequence[int] = (1,),
 ) -> list[dict[str, Any]]:
     """Explanations/s × passes ÷ best-batch passes/s through a server process, cold and warm,
-    for each onnxruntime ``intra_op_threads`` setting of the server (0: every core)."""
+    for each onnxruntime ``intra_op_threads`` setting of the server (0: every core) and each
+    ``inference_workers`` (batches run at once; more than one only with a set thread count),
+    with ``segmentation_workers`` = ``seg_workers`` (0: the server's default, half the cores)."""
     from xaiserve.v1 import explain_pb2 as pb
 
     root = model_repo("light", onnx_path, 224, 1000)
-    images = distinct_images(1 + per_client * sum(clients), seed=1)
+    modes = ("paper", "nested", "warm")
+    images = distinct_images(1 + len(modes) * per_client * sum(clients), seed=1)
     tensors = [
         pb.Image(
             tensor=pb.Tensor(
@@ -201,26 +206,64 @@ def bench_concurrency(
     ]
     rows: list[dict[str, Any]] = []
     for threads in intra_op:
-        for mode in ("paper", "nested", "warm"):
+        for workers in inference_workers:
+            if threads == 0 and workers > 1:
+                continue  # every core per batch, several batches at once: oversubscribed
             rows += serve_clients(
-                root, mode, tensors, clients, per_client, floor_wall, floor_cpu, threads
+                root,
+                modes,
+                tensors,
+                clients,
+                per_client,
+                floor_wall,
+                floor_cpu,
+                threads,
+                seg_workers,
+                workers,
             )
     for row in rows:
         row["model"] = name
     return rows
 
 
+SERVER_FLOOR_IMAGES = 96
+"""Predict calls (from 32 client threads) that measure the server's own best-batch floor."""
+
+
+def server_floor(predict: Callable[[int], object], proc: Any) -> tuple[float, float]:
+    """(wall, CPU) seconds per image of the server answering many concurrent Predict calls
+    (its batcher forms full batches), the better of two rounds. An upper bound of the server's
+    pass floor (it includes decoding and gRPC), taken beside the in-process floor because the
+    server process can run a network faster than the benchmark's own process does."""
+    import concurrent.futures
+
+    best = (float("inf"), float("inf"))
+    with concurrent.futures.ThreadPoolExecutor(32) as pool:
+        for _ in range(2):
+            cpu0 = sum(proc.cpu_times()[:2])
+            start = time.perf_counter()
+            list(pool.map(predict, range(SERVER_FLOOR_IMAGES)))
+            wall = (time.perf_counter() - start) / SERVER_FLOOR_IMAGES
+            cpu = (sum(proc.cpu_times()[:2]) - cpu0) / SERVER_FLOOR_IMAGES
+            best = (min(best[0], wall), min(best[1], cpu))
+    return best
+
+
 def serve_clients(
     root: Path,
-    mode: str,
+    modes: Sequence[str],
     tensors: list[Any],
     clients: Sequence[int],
     per_client: int,
     floor_wall: float,
     floor_cpu: float,
     intra_op: int = 0,
+    seg_workers: int = 0,
+    inference_workers: int = 1,
 ) -> list[dict[str, Any]]:
-    """One server process; for each client count, ``clients × per_client`` explanations."""
+    """One server process; for each mode and client count, ``clients × per_client``
+    explanations. The floor is the smaller of the in-process one and the server's own
+    (:func:`server_floor`): the stricter ratio."""
     import concurrent.futures
 
     import grpc
@@ -229,51 +272,66 @@ def serve_clients(
     from xaiserve.v1 import explain_pb2 as pb
     from xaiserve.v1 import explain_pb2_grpc as pb_grpc
 
-    server = ServerProcess(root, XAISERVE_INTRA_OP_THREADS=str(intra_op))
+    server = ServerProcess(
+        root,
+        XAISERVE_INTRA_OP_THREADS=str(intra_op),
+        XAISERVE_SEGMENTATION_WORKERS=str(seg_workers),
+        XAISERVE_INFERENCE_WORKERS=str(inference_workers),
+    )
     channel = grpc.insecure_channel(f"127.0.0.1:{server.port}")
     stub = pb_grpc.ExplainServiceStub(channel)
-    seg = pb.SegmentationParams(nested=mode != "paper")
-    method = pb.MethodParams(
-        regional_prediction_difference=pb.RegionalPredictionDifferenceParams(segmentation=seg)
-    )
+    used = 1  # image 0: the warm-up and the warm mode's image; the cold modes never reuse one
 
-    def explain(i: int) -> int:
-        # cold modes: image i is new to the server; warm: every request re-explains image 0
+    def explain(i: int, mode: str) -> int:
+        seg = pb.SegmentationParams(nested=mode != "paper")
+        method = pb.MethodParams(
+            regional_prediction_difference=pb.RegionalPredictionDifferenceParams(segmentation=seg)
+        )
         image = tensors[0] if mode == "warm" else tensors[i]
         request = pb.ExplainRequest(
             model="light", image=image, target=pb.ClassRef(index=i % 1000), method=method
         )
         return int(stub.Explain(request, timeout=600).forward_passes)
 
+    def predict(i: int) -> object:
+        return stub.Predict(pb.PredictRequest(model="light", image=tensors[0]), timeout=600)
+
     rows = []
     try:
         proc = psutil.Process(server.proc.pid)
-        explain(0)  # warm-up (the cold modes never ask for image 0 again)
-        used = 1
-        for n in clients:
-            total = n * per_client
-            first, used = used, used + total
-            cpu0 = sum(proc.cpu_times()[:2])
-            start = time.perf_counter()
-            with concurrent.futures.ThreadPoolExecutor(n) as pool:
-                passes = list(pool.map(explain, range(first, first + total)))
-            elapsed = time.perf_counter() - start
-            cpu = sum(proc.cpu_times()[:2]) - cpu0
-            per = statistics.mean(passes)
-            rows.append(
-                {
-                    "mode": mode,
-                    "threads": intra_op or (os.cpu_count() or 1),
-                    "clients": n,
-                    "explanations": total,
-                    "per_s": total / elapsed,
-                    "ratio": total / elapsed * per * floor_wall,
-                    "cpu_ratio": per * floor_cpu / (cpu / total),
-                    "passes": per,
-                    "fwd_ms": 1e3 * floor_wall,
-                    "load": load_avg(),
-                }
-            )
+        explain(0, "warm")  # warm-up
+        server_wall, server_cpu = server_floor(predict, proc)
+        wall_img, cpu_img = min(floor_wall, server_wall), min(floor_cpu, server_cpu)
+        for mode in modes:
+            for n in clients:
+                total = n * per_client
+                first, used = used, used + total
+                cpu0 = sum(proc.cpu_times()[:2])
+                start = time.perf_counter()
+                with concurrent.futures.ThreadPoolExecutor(n) as pool:
+                    passes = list(
+                        pool.map(functools.partial(explain, mode=mode), range(first, first + total))
+                    )
+                elapsed = time.perf_counter() - start
+                cpu = sum(proc.cpu_times()[:2]) - cpu0
+                per = statistics.mean(passes)
+                rows.append(
+                    {
+                        "mode": mode,
+                        "threads": intra_op or (os.cpu_count() or 1),
+                        "inference_workers": inference_workers,
+                        "seg_workers": seg_workers or max(1, (os.cpu_count() or 1) // 2),
+                        "clients": n,
+                        "explanations": total,
+                        "per_s": total / elapsed,
+                        "ratio": total / elapsed * per * wall_img,
+                        "cpu_ratio": per * cpu_img / (cpu / total),
+                        "passes": per,
+                        "fwd_ms": 1e3 * floor_wall,
+                        "server_ms": 1e3 * server_wall,
+                        "load": load_avg(),
+                    }
+                )
     finally:
         channel.close()
         server.close()
@@ -392,21 +450,25 @@ def print_segmentation(
                 )
     if concurrency:
         print(
-            "\nConcurrent clients on the light models (server process, segmentation_workers ="
-            " half the cores; ORT threads: the server's intra_op_threads): explanations/s ×"
-            " passes ÷ best-batch passes/s (wall; the floor measured in-process with every"
-            " core), and passes × CPU per pass ÷ server CPU per explanation. paper/nested:"
+            "\nConcurrent clients on the light models (server process; ORT threads × batches:"
+            " the server's intra_op_threads × inference_workers; seg workers: its"
+            " segmentation_workers): explanations/s ×"
+            " passes ÷ best-batch passes/s (wall; the floor is the smaller of the in-process one"
+            " with every core and the server's answering 96 concurrent Predict calls), and"
+            " passes × CPU per pass ÷ server CPU per explanation. paper/nested:"
             " every request a new image (cold cache); warm: one image, other targets."
             " Goal ≥ 0.8."
         )
         print(
-            "| model | fwd ms/img | scales | ORT threads | clients | explanations | expl/s"
-            " | ratio wall | ratio CPU | passes | load |"
+            "| model | floor ms/img in-process / server | scales | ORT threads × batches"
+            " | seg workers | clients | explanations | expl/s | ratio wall | ratio CPU | passes"
+            " | load |"
         )
-        print("|---|---|---|---|---|---|---|---|---|---|---|")
+        print("|---|---|---|---|---|---|---|---|---|---|---|---|")
         for r in concurrency:
             print(
-                f"| {r['model']} | {r['fwd_ms']:.2f} | {r['mode']} | {r['threads']} "
+                f"| {r['model']} | {r['fwd_ms']:.2f} / {r['server_ms']:.2f} | {r['mode']} "
+                f"| {r['threads']} × {r['inference_workers']} | {r['seg_workers']} "
                 f"| {r['clients']} | {r['explanations']} "
                 f"| {r['per_s']:.2f} "
                 f"| {r['ratio']:.2f} | {r['cpu_ratio']:.2f} | {r['passes']:.0f} | {r['load']} |"

@@ -283,7 +283,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         + " (either may be named alone)",
     )
     parser.add_argument("--images", type=int, help="images per model (default 3; --quick: 1)")
-    parser.add_argument("--repeats", type=int, help="repeats of each timing (default 2; --quick: 1)")
+    parser.add_argument(
+        "--repeats", type=int, help="repeats of each timing (default 2; --quick: 1)"
+    )
     parser.add_argument("--no-captum", action="store_true")
     parser.add_argument("--no-pixelwise", action="store_true")
     parser.add_argument(
@@ -314,6 +316,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--server-threads",
         default="0,1",
         help="the server's intra_op_threads for the concurrency runs (0 = every core)",
+    )
+    parser.add_argument(
+        "--server-inference-workers",
+        default="1",
+        help="the server's inference_workers for the concurrency runs (comma list; combined"
+        " with each --server-threads other than 0)",
+    )
+    parser.add_argument(
+        "--server-segmentation-workers",
+        type=int,
+        default=0,
+        help="the server's segmentation_workers for the concurrency runs (0 = half the cores)",
     )
     parser.add_argument(
         "--faithfulness",
@@ -375,6 +389,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 wall_img,
                 cpu_img,
                 [int(t) for t in args.server_threads.split(",") if t],
+                args.server_segmentation_workers,
+                [int(w) for w in args.server_inference_workers.split(",") if w],
             )
         pix = None
         if not args.no_pixelwise:

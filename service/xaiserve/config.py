@@ -80,6 +80,9 @@ class Settings:
     allowed_image_formats: tuple[str, ...] = ("PNG", "JPEG")
     max_stream_images: int = 10_000  # items per streaming RPC / data-set operation
     intra_op_threads: int = 0  # onnxruntime threads per session; 0 = number of cores
+    # batches a local model version runs at once (concurrent runs of its onnxruntime session);
+    # with intra_op_threads = 1, one per core runs light networks one batch per core
+    inference_workers: int = 1
     # threads of Predict's own onnxruntime session per local CPU model version (its lane never
     # waits behind explanation batches); 0 = no own session, Predict's lane shares the main one
     interactive_threads: int = 1
@@ -188,6 +191,8 @@ class Settings:
             )
         if not 0 <= self.port < 65536 or not 0 <= self.metrics_port < 65536:
             raise ValueError("ports must be within 0..65535")
+        if not 1 <= self.inference_workers <= 64:
+            raise ValueError("setting inference_workers must be in 1..64")
         if self.segmentation_cache_bytes < 0 or self.segmentation_workers < 0:
             raise ValueError(
                 "settings segmentation_cache_bytes and segmentation_workers must not be negative"

@@ -268,3 +268,42 @@ def test_the_interactive_lane_does_not_wait_for_a_running_explanation_batch() ->
     np.testing.assert_array_equal(again.result(5), [[6.0, 1.0]])
     assert bulk.batches == [32, 1] and lane.batches == [1]
     batcher.close()
+
+
+def test_inference_workers_run_batches_side_by_side_with_their_own_results() -> None:
+    """``inference_workers = 2``: two batches inside the runner at once (each waits at a
+    barrier only the other can release), and every request still gets its own rows."""
+    from xaiserve.config import Settings
+
+    meeting = threading.Barrier(2, timeout=10)
+    inside: list[int] = []
+
+    def runner(x: np.ndarray) -> np.ndarray:
+        inside.append(len(x))
+        meeting.wait()  # BrokenBarrierError unless a second batch is running at the same time
+        return np.stack([x.reshape(len(x), -1).sum(axis=1), np.full(len(x), len(x))], axis=1)
+
+    batcher = DynamicBatcher(
+        runner,
+        model="m",
+        version="1",
+        runtime="test",
+        max_batch_size=4,
+        max_queue_delay_s=0.0,
+        budget=ImageBudget(1000),
+        metrics=Metrics(),
+        workers=2,
+    )
+    try:
+        xs = [np.full((4, 2, 2, 3), float(i), np.float32) for i in range(2)]
+        ctx = RequestContext()
+        with ThreadPoolExecutor(2) as pool:
+            futures = [pool.submit(lambda x=x: batcher.submit(x, ctx).result(10)) for x in xs]
+            outs = [f.result(10) for f in futures]
+        for i, out in enumerate(outs):
+            np.testing.assert_array_equal(out[:, 0], np.full(4, 12.0 * i))
+        assert sorted(inside) == [4, 4]
+    finally:
+        batcher.close()
+    with pytest.raises(ValueError, match="inference_workers"):
+        Settings.from_env({"XAISERVE_INFERENCE_WORKERS": "0"})

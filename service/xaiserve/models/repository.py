@@ -231,6 +231,7 @@ class ModelRepository:
             budget=self.budget,
             metrics=self.metrics,
             interactive_runner=self._interactive_runner(session, onnx_path, config),
+            workers=self.settings.inference_workers,
         )
         model = Model(
             name=name,

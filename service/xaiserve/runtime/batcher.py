@@ -10,8 +10,9 @@ dropped before a batch forms. A failed batch is retried item by item, so one bad
 cannot fail its neighbours — unless the runner raises a domain error (a remote backend that is
 unavailable or answers with the wrong shape), which every request of the batch receives as is.
 
-``workers`` threads take batches from the queue (1 for a local session, which parallelises
-inside; the remote backend's ``max_concurrency`` for a remote server).
+``workers`` threads take batches from the queue (for a local session ``inference_workers``,
+1 by default since the session parallelises inside; the remote backend's ``max_concurrency``
+for a remote server).
 
 Interactive lane: with an ``interactive_runner`` (a small second session of the same graph),
 interactive requests (Predict) get a thread of their own. Their images never wait for a running
