@@ -139,8 +139,11 @@ def _maps_with_ties(shape: tuple[int, int], seed: int) -> np.ndarray:
     rng = np.random.default_rng(seed)
     signed = rng.normal(size=shape)
     zeros = np.where(rng.random(shape) < 0.4, 0.0, signed)  # runs of exact zeros, as in ReLU maps
+    few = signed.copy()
+    few.flat[1::29] = few.flat[0]  # a few ties (one run of n/29 values)
+    few.flat[2::31] = -few.flat[2]  # a second run, tied in |map| with pixel 2
     return np.stack(
-        [signed, np.abs(signed), np.round(2 * signed), zeros, np.full(shape, 3.0), -signed]
+        [signed, np.abs(signed), np.round(2 * signed), zeros, np.full(shape, 3.0), -signed, few]
     )
 
 
@@ -184,7 +187,7 @@ def test_average_ranks_match_scipy_rankdata_row_by_row(dtype: type[np.floating])
 
     from xaiserve.evaluation.randomisation import average_ranks
 
-    rows = _maps_with_ties((12, 13), seed=4).reshape(6, -1).astype(dtype)
+    rows = _maps_with_ties((12, 13), seed=4).reshape(7, -1).astype(dtype)
     rows[3, ::2] = -0.0  # -0.0 and +0.0 are one value (ties), in both sort paths
     rows[0, :3] = np.finfo(dtype).tiny / 4  # subnormal values keep their order
     np.testing.assert_array_equal(average_ranks(rows), rankdata(rows, axis=1))
@@ -244,3 +247,27 @@ def test_non_finite_map_in_a_stack_gives_nan_only_for_itself() -> None:
     assert all(math.isnan(v) for v in sims[2].as_dict().values())
     assert sims[0].spearman_abs == pytest.approx(1.0) and sims[0].hog == pytest.approx(1.0)
     assert not math.isnan(sims[1].ssim)
+
+
+@pytest.mark.parametrize("count", [3, 9])
+def test_similarity_worker_passes_equal_one_stack(count: int) -> None:
+    """The randomisation test's comparisons: 128² maps make stacks of 4 (``BATCH_PIXELS``), so
+    9 maps go through the helper thread in three passes (4, 4, 1) and 3 maps in one pass on the
+    caller's thread; both give the figures of one pass over all the maps."""
+    from xaiserve.evaluation.randomisation import ReferenceMap
+    from xaiserve.models.randomised_variants import BATCH_PIXELS, _SimilarityWorker
+
+    shape = (128, 128)
+    assert BATCH_PIXELS // (shape[0] * shape[1]) == 4
+    rng = np.random.default_rng(count)
+    original = rng.normal(size=shape).astype(np.float32)
+    maps = (original + rng.normal(scale=2.0, size=(count, *shape))).astype(np.float32)
+    with _SimilarityWorker(ReferenceMap(original), count) as worker:
+        threaded = worker._done is not None
+        for m in maps:
+            worker.add(m)
+        got = worker.results()
+    assert threaded == (count > 4)
+    assert len(got) == count
+    for g, e in zip(got, ReferenceMap(original).similarities(maps), strict=True):
+        assert g.as_dict() == pytest.approx(e.as_dict(), abs=1e-12)

@@ -33,6 +33,7 @@ checks them map by map against scipy's ``spearmanr``/``rankdata`` and scikit-ima
 
 from __future__ import annotations
 
+import functools
 import math
 import warnings
 from collections.abc import Sequence
@@ -204,13 +205,35 @@ def _rank_correlations(
     n = order.shape[1]
     gathered = reference[order]
     centred = np.arange(1.0, n + 1.0) - (n + 1) / 2.0
-    rho = gathered @ (centred / np.linalg.norm(centred))
-    tied = np.flatnonzero(np.any(ordered[:, 1:] == ordered[:, :-1], axis=1) & ~constant)
-    if tied.size:
-        ranks = _ranks_of_sorted(ordered[tied])
-        ranks -= (n + 1) / 2.0  # average ranks always sum to n(n+1)/2
-        norm = np.linalg.norm(ranks, axis=1)
-        rho[tied] = np.einsum("vn,vn->v", gathered[tied], ranks) / norm
+    squared = float(centred @ centred)
+    dots = gathered @ centred
+    norm2 = np.full(len(order), squared)
+    equal = ordered[:, 1:] == ordered[:, :-1]  # sorted[k] == sorted[k + 1]
+    tie = np.flatnonzero(equal)
+    if tie.size:
+        # the tied positions of a run take its mean rank: correct the dot product there, and
+        # the norm by Σ (rank − mean)² over the run (the run's mean is its ranks' mean)
+        row, k = np.divmod(tie, n - 1)
+        starts = np.ones(tie.size, bool)  # a run of ties begins (a new row begins a new run)
+        starts[1:] = (tie[1:] != tie[:-1] + 1) | (row[1:] != row[:-1])
+        ends = np.append(starts[1:], True)
+        mean = (k[starts] + k[ends] + 3) / 2.0  # positions s..e+1 have 1-based ranks s+1..e+2
+        run = np.cumsum(starts) - 1
+        position = np.concatenate([k, k[ends] + 1])
+        rows = np.concatenate([row, row[ends]])
+        delta = mean[np.concatenate([run, run[ends]])] - (position + 1)
+        v = len(order)
+        dots += np.bincount(rows, weights=gathered[rows, position] * delta, minlength=v)
+        norm2 -= np.bincount(rows, weights=delta * delta, minlength=v)
+        # a correction over many positions adds up rounding: rows with more than n/16 tied
+        # positions (maps with flat regions) take their average ranks in full
+        heavy = np.flatnonzero((np.bincount(rows, minlength=v) > n / 16) & ~constant)
+        if heavy.size:
+            ranks = _ranks_of_sorted(ordered[heavy])
+            ranks -= (n + 1) / 2.0  # average ranks always sum to n(n+1)/2
+            norm2[heavy] = np.einsum("vn,vn->v", ranks, ranks)
+            dots[heavy] = np.einsum("vn,vn->v", gathered[heavy], ranks)
+    rho = dots / np.sqrt(np.where(constant, 1.0, norm2))
     return np.where(constant, 0.0, np.clip(rho, -1.0, 1.0))
 
 
@@ -335,6 +358,17 @@ def _exact_bins(g_row: np.ndarray, g_col: np.ndarray) -> np.ndarray:
     return bins.astype(np.intp)
 
 
+@functools.lru_cache(maxsize=4)
+def _histogram_offsets(count: int, n_rows: int, n_cols: int) -> np.ndarray:
+    """Where each pixel of a ``(count, 8·n_rows, 8·n_cols)`` stack puts its orientation bin in
+    the flat ``(count, n_rows, n_cols, 9)`` histogram (read-only, cached per shape)."""
+    h, w = n_rows * HOG_CELL, n_cols * HOG_CELL
+    cell = (np.arange(h)[:, None] // HOG_CELL) * n_cols + (np.arange(w)[None, :] // HOG_CELL)
+    offsets = (np.arange(count)[:, None, None] * (n_rows * n_cols) + cell) * HOG_ORIENTATIONS
+    offsets.setflags(write=False)
+    return offsets
+
+
 def hog_descriptor(x: np.ndarray) -> np.ndarray:
     """Dalal & Triggs HOG of a 2-D map exactly as scikit-image's ``hog`` computes it (9
     unsigned orientations, 8×8-pixel cells, 3×3-cell blocks, L2-Hys, no ``transform_sqrt``),
@@ -363,8 +397,7 @@ def hog_descriptor(x: np.ndarray) -> np.ndarray:
     np.sqrt(magnitude, out=magnitude)
     index = orientation_bins(g_row, g_col)
     cells = n_rows * n_cols
-    cell = (np.arange(h)[:, None] // HOG_CELL) * n_cols + (np.arange(w)[None, :] // HOG_CELL)
-    index += (np.arange(count)[:, None, None] * cells + cell) * HOG_ORIENTATIONS
+    index += _histogram_offsets(count, n_rows, n_cols)
     hist = np.bincount(
         index.ravel(), weights=magnitude.ravel(), minlength=count * cells * HOG_ORIENTATIONS
     ).reshape(count, n_rows, n_cols, HOG_ORIENTATIONS) / (HOG_CELL * HOG_CELL)

@@ -371,10 +371,11 @@ def randomisation_test(
     """Run ``spec`` on the original ``model`` (unless its map is given as ``original``) and on
     every variant, for the same image, target and parameters (seeds included), and compare.
 
-    The maps are compared on a helper thread while the next variants are explained, in
-    vectorised passes over stacks of maps (:meth:`ReferenceMap.similarities`): small maps are
-    stacked (:data:`BATCH_PIXELS`) so that the per-call overhead of the figures is shared, large
-    ones go one by one so that their comparison overlaps the next method call.
+    The maps are compared in vectorised passes over stacks of maps
+    (:meth:`ReferenceMap.similarities`): small maps are stacked (:data:`BATCH_PIXELS`) so that
+    the per-call overhead of the figures is shared (when every map fits one stack, that pass
+    runs after the last call, on this thread); larger ones are compared on a helper thread while
+    the next variants are explained.
     """
     ctx = context.current()
     base_map = (
@@ -383,7 +384,7 @@ def randomisation_test(
         else np.asarray(original, np.float32)
     )
     reference = ReferenceMap(base_map)
-    with _SimilarityWorker(reference) as worker:
+    with _SimilarityWorker(reference, len(variants)) as worker:
         for variant in variants.variants:
             ctx.check()
             try:
@@ -415,17 +416,21 @@ BATCH_PIXELS = 2**16
 
 
 class _SimilarityWorker:
-    """Compares maps with a reference on one helper thread, in stacks of at least
+    """Compares ``expected`` maps with a reference on one helper thread, in stacks of at least
     :data:`BATCH_PIXELS` pixels (the last stack takes what is left; see
-    :func:`randomisation_test`)."""
+    :func:`randomisation_test`). When all of them make one stack, there is nothing to overlap:
+    the pass runs on the caller's thread in :meth:`results`, and no thread is started."""
 
-    def __init__(self, reference: ReferenceMap) -> None:
+    def __init__(self, reference: ReferenceMap, expected: int) -> None:
         self._reference = reference
         self._per_batch = max(1, BATCH_PIXELS // max(1, int(np.prod(reference.shape))))
         self._pending: list[np.ndarray] = []
         self._queue: queue.SimpleQueue[np.ndarray | None] = queue.SimpleQueue()
-        self._pool = ThreadPoolExecutor(1, thread_name_prefix="randomisation-similarity")
-        self._done: Future[list[MapSimilarity]] = self._pool.submit(self._run)
+        self._pool: ThreadPoolExecutor | None = None
+        self._done: Future[list[MapSimilarity]] | None = None
+        if expected > self._per_batch:
+            self._pool = ThreadPoolExecutor(1, thread_name_prefix="randomisation-similarity")
+            self._done = self._pool.submit(self._run)
         self._closed = False
 
     def _run(self) -> list[MapSimilarity]:
@@ -437,7 +442,7 @@ class _SimilarityWorker:
 
     def add(self, heatmap: np.ndarray) -> None:
         self._pending.append(heatmap)
-        if len(self._pending) >= self._per_batch:
+        if self._done is not None and len(self._pending) >= self._per_batch:
             self._flush()
 
     def _flush(self) -> None:
@@ -447,6 +452,12 @@ class _SimilarityWorker:
 
     def results(self) -> list[MapSimilarity]:
         """The similarities of every added map, in order (waits for the last pass)."""
+        if self._done is None:  # one stack: compared here
+            self._closed = True
+            if not self._pending:
+                return []
+            with _quiet_numpy():
+                return self._reference.similarities(np.stack(self._pending))
         self._flush()
         self._close()
         return self._done.result()
@@ -461,7 +472,8 @@ class _SimilarityWorker:
 
     def __exit__(self, *exc: object) -> None:
         self._close()  # an aborted test: the worker finishes what it has and stops
-        self._pool.shutdown(wait=False)
+        if self._pool is not None:
+            self._pool.shutdown(wait=False)
 
 
 @contextlib.contextmanager
