@@ -62,6 +62,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import argparse
 import functools
+import shutil
 import statistics
 import tempfile
 import time
@@ -114,15 +115,23 @@ def load_demo() -> Model:
     return load_model(MODELS, "shapes")
 
 
+WORKDIRS: list[Path] = []
+"""Temporary model repositories of this run (removed when it ends)."""
+
+
+def workdir() -> Path:
+    path = Path(tempfile.mkdtemp(prefix="bench-pd-"))
+    WORKDIRS.append(path)
+    return path
+
+
 def load_resnet50() -> Model:
-    workdir = Path(tempfile.mkdtemp(prefix="bench-pd-"))
-    return load_onnx(workdir, "resnet50", torchvision_onnx("resnet50"), 224, delay_ms=1.0)
+    return load_onnx(workdir(), "resnet50", torchvision_onnx("resnet50"), 224, delay_ms=1.0)
 
 
 def load_light(arch: str) -> Model:
     """torchvision ``arch`` (seed 0, random weights) at 224², exported like the others."""
-    workdir = Path(tempfile.mkdtemp(prefix="bench-pd-"))
-    return load_onnx(workdir, arch, torchvision_onnx(arch), 224, delay_ms=1.0)
+    return load_onnx(workdir(), arch, torchvision_onnx(arch), 224, delay_ms=1.0)
 
 
 def exact_segmentation(image: np.ndarray, params: SegmentationParams) -> None:
@@ -453,4 +462,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    try:
+        raise SystemExit(main())
+    finally:
+        for path in WORKDIRS:
+            shutil.rmtree(path, ignore_errors=True)
