@@ -105,3 +105,11 @@ def test_relabel_contiguous_keeps_order_like_unique() -> None:
         got = relabel_contiguous(labels)
         np.testing.assert_array_equal(got, inverse.reshape(labels.shape))
         assert got.dtype == np.int32
+
+
+def test_the_pinned_scikit_image_takes_the_split_path() -> None:
+    """The first-use check passes on the pinned scikit-image, so the shared preparation is what
+    runs (a failing check would fall back to ``slic`` whole and only log a warning)."""
+    from xaiserve.imaging.segmentation import _check_split_slic, split_slic_usable
+
+    assert _check_split_slic() and split_slic_usable()

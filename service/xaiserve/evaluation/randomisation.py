@@ -373,8 +373,8 @@ def hog_descriptor(x: np.ndarray) -> np.ndarray:
     """Dalal & Triggs HOG of a 2-D map exactly as scikit-image's ``hog`` computes it (9
     unsigned orientations, 8×8-pixel cells, 3×3-cell blocks, L2-Hys, no ``transform_sqrt``),
     vectorised with numpy (orientation bins: :func:`orientation_bins`): about 10× faster on a
-    224² map, which matters because the test compares one map per variant. A stack ``(V, H, W)`` gives one descriptor per map, ``(V,
-    D)``. ``tests/unit/test_randomisation_similarity.py`` checks it against
+    224² map, which matters because the test compares one map per variant. A stack
+    ``(V, H, W)`` gives one descriptor per map, ``(V, D)``. ``tests/unit/test_randomisation_similarity.py`` checks it against
     ``skimage.feature.hog``.
     """
     img = np.asarray(x, np.float64)

@@ -119,15 +119,7 @@ def superpixels(
         return relabel_contiguous(slic_from_input(prepared, params))
     rgb = _unit_rgb(image)
     if params.algorithm == "slic":
-        labels = slic(
-            rgb,
-            n_segments=params.n_segments,
-            compactness=params.compactness,
-            sigma=params.sigma,
-            start_label=0,
-            channel_axis=-1,
-            slic_zero=params.slic_zero,
-        )
+        labels = _slic_whole(rgb, params)
     elif params.algorithm == "felzenszwalb":
         labels = felzenszwalb(
             rgb, scale=params.scale, sigma=params.sigma, min_size=params.min_size, channel_axis=-1
@@ -151,6 +143,21 @@ def superpixels(
 
 def _unit_rgb(image: np.ndarray) -> np.ndarray:
     return np.clip(image, 0, 255).astype(np.float64) / 255.0
+
+
+def _slic_whole(rgb: np.ndarray, params: SegmentationParams) -> np.ndarray:
+    """scikit-image's ``slic`` called whole on a 0..1 RGB image, as the service calls it."""
+    return np.asarray(
+        slic(
+            rgb,
+            n_segments=params.n_segments,
+            compactness=params.compactness,
+            sigma=params.sigma,
+            start_label=0,
+            channel_axis=-1,
+            slic_zero=params.slic_zero,
+        )
+    )
 
 
 SLIC_MAX_ITER = 10
@@ -243,15 +250,7 @@ def _check_split_slic() -> bool:
     try:
         for n, zero, sigma in ((3, True, 1.0), (17, False, 0.0), (60, True, 2.0)):
             params = SegmentationParams(n_segments=n, slic_zero=zero, sigma=sigma)
-            whole = slic(
-                _unit_rgb(image),
-                n_segments=n,
-                compactness=params.compactness,
-                sigma=sigma,
-                start_label=0,
-                channel_axis=-1,
-                slic_zero=zero,
-            )
+            whole = _slic_whole(_unit_rgb(image), params)
             split = slic_from_input(slic_input(image, params), params)
             if not np.array_equal(whole, split):
                 raise ValueError(f"labels differ at n_segments={n}")
