@@ -86,6 +86,9 @@ class Settings:
     # threads of Predict's own onnxruntime session per local CPU model version (its lane never
     # waits behind explanation batches); 0 = no own session, Predict's lane shares the main one
     interactive_threads: int = 1
+    # numpy's BLAS pool (OpenBLAS); requests, not matrix products, are the unit of parallelism
+    # here; 0 = the library's default (one per core)
+    numpy_blas_threads: int = 1
     providers: tuple[str, ...] = ()  # onnxruntime providers; empty = best available
     torch_copies: int = 2  # module copies per model for white-box methods
     # randomisation test: (seed, stops) sets of randomised variants cached per model version
@@ -170,6 +173,7 @@ class Settings:
             "operations_retention_count",
             "chunk_items",
             "interactive_threads",
+            "numpy_blas_threads",
         ):
             if getattr(self, name) < 0:
                 raise ValueError(f"setting {name} must be at least 0")

@@ -250,24 +250,23 @@ def test_non_finite_map_in_a_stack_gives_nan_only_for_itself() -> None:
 
 
 @pytest.mark.parametrize("count", [3, 9])
-def test_similarity_worker_passes_equal_one_stack(count: int) -> None:
+def test_stacked_comparisons_equal_one_stack(count: int) -> None:
     """The randomisation test's comparisons: 128² maps make stacks of 4 (``BATCH_PIXELS``), so
-    9 maps go through the helper thread in three passes (4, 4, 1) and 3 maps in one pass on the
-    caller's thread; both give the figures of one pass over all the maps."""
+    9 maps are compared in three passes (4, 4, 1) and 3 maps in one; both give the figures of
+    one pass over all the maps."""
     from xaiserve.evaluation.randomisation import ReferenceMap
-    from xaiserve.models.randomised_variants import BATCH_PIXELS, _SimilarityWorker
+    from xaiserve.models.randomised_variants import BATCH_PIXELS, StackedComparisons
 
     shape = (128, 128)
     assert BATCH_PIXELS // (shape[0] * shape[1]) == 4
     rng = np.random.default_rng(count)
     original = rng.normal(size=shape).astype(np.float32)
     maps = (original + rng.normal(scale=2.0, size=(count, *shape))).astype(np.float32)
-    with _SimilarityWorker(ReferenceMap(original), count) as worker:
-        threaded = worker._done is not None
-        for m in maps:
-            worker.add(m)
-        got = worker.results()
-    assert threaded == (count > 4)
+    comparisons = StackedComparisons(ReferenceMap(original))
+    for m in maps:
+        comparisons.add(m)
+    got = comparisons.results()
+    assert comparisons.passes == -(-count // 4)
     assert len(got) == count
     for g, e in zip(got, ReferenceMap(original).similarities(maps), strict=True):
         assert g.as_dict() == pytest.approx(e.as_dict(), abs=1e-12)

@@ -50,6 +50,11 @@ def _server_missing(exc: ImportError) -> str | None:
 def cmd_serve(args: argparse.Namespace) -> int:
     """Build settings from the environment and flags, then run the server until signalled."""
     import importlib.util
+    import os
+
+    # before the server imports torch: its OpenMP threads sleep between parallel regions
+    # instead of spinning on the cores other requests need (xaiserve.runtime.thread_pools)
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
     try:  # lazily: client commands never import the server
         from xaiserve.config import Settings

@@ -26,12 +26,10 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import queue
 import threading
 import weakref
 from collections import OrderedDict
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -75,6 +73,7 @@ __all__ = [
     "DISTRIBUTION",
     "RandomisationOptions",
     "RandomisedModel",
+    "StackedComparisons",
     "VariantSet",
     "layers_of",
     "randomisation_cost",
@@ -372,10 +371,12 @@ def randomisation_test(
     every variant, for the same image, target and parameters (seeds included), and compare.
 
     The maps are compared in vectorised passes over stacks of maps
-    (:meth:`ReferenceMap.similarities`): small maps are stacked (:data:`BATCH_PIXELS`) so that
-    the per-call overhead of the figures is shared (when every map fits one stack, that pass
-    runs after the last call, on this thread); larger ones are compared on a helper thread while
-    the next variants are explained.
+    (:meth:`ReferenceMap.similarities`), on this thread: small maps are stacked
+    (:data:`BATCH_PIXELS`) so that the per-call overhead of the figures is shared (all the demo
+    model's 64² maps in one pass after the last call), larger ones compared one by one as they
+    come. Not on a helper thread: the method calls already keep every core busy (onnxruntime's
+    and torch's intra-op threads), and a comparison beside them only slowed both (+5–8 % CPU on
+    a ResNet-50 test, ``bench/sanity.py``).
     """
     ctx = context.current()
     base_map = (
@@ -384,20 +385,20 @@ def randomisation_test(
         else np.asarray(original, np.float32)
     )
     reference = ReferenceMap(base_map)
-    with _SimilarityWorker(reference, len(variants)) as worker:
-        for variant in variants.variants:
-            ctx.check()
-            try:
-                with _quiet_numpy():
-                    explained = spec.explain(variant, image, target, params)
-                heatmap = np.asarray(explained.heatmap)
-            except FailedPrecondition as exc:
-                if "non-finite" not in str(exc):
-                    raise
-                # a randomised network overflowed: no map, so no similarity (NaN)
-                heatmap = np.full(base_map.shape, np.nan, np.float32)
-            worker.add(heatmap)
-        sims = worker.results()
+    comparisons = StackedComparisons(reference)
+    for variant in variants.variants:
+        ctx.check()
+        try:
+            with _quiet_numpy():
+                explained = spec.explain(variant, image, target, params)
+            heatmap = np.asarray(explained.heatmap)
+        except FailedPrecondition as exc:
+            if "non-finite" not in str(exc):
+                raise
+            # a randomised network overflowed: no map, so no similarity (NaN)
+            heatmap = np.full(base_map.shape, np.nan, np.float32)
+        comparisons.add(heatmap)
+    sims = comparisons.results()
     plan = variants.plan
     return curve_from_similarities(
         spec.name,
@@ -410,70 +411,39 @@ def randomisation_test(
 
 
 #: Pixels per similarity pass: smaller maps are stacked until they reach it, so that numpy's
-#: per-call overhead is shared (one pass for all the demo model's 64² maps; one pass per map,
-#: overlapping the next method call, for a 224² map).
+#: per-call overhead is shared (one pass for all the demo model's 64² maps; one pass per map
+#: for a 224² map).
 BATCH_PIXELS = 2**16
 
 
-class _SimilarityWorker:
-    """Compares ``expected`` maps with a reference on one helper thread, in stacks of at least
-    :data:`BATCH_PIXELS` pixels (the last stack takes what is left; see
-    :func:`randomisation_test`). When all of them make one stack, there is nothing to overlap:
-    the pass runs on the caller's thread in :meth:`results`, and no thread is started."""
+class StackedComparisons:
+    """Compares maps with a reference as they come, in stacks of at least
+    :data:`BATCH_PIXELS` pixels (the last stack takes what is left), on the caller's thread."""
 
-    def __init__(self, reference: ReferenceMap, expected: int) -> None:
+    def __init__(self, reference: ReferenceMap) -> None:
         self._reference = reference
-        self._per_batch = max(1, BATCH_PIXELS // max(1, int(np.prod(reference.shape))))
+        self.per_stack = max(1, BATCH_PIXELS // max(1, int(np.prod(reference.shape))))
+        self.passes = 0
         self._pending: list[np.ndarray] = []
-        self._queue: queue.SimpleQueue[np.ndarray | None] = queue.SimpleQueue()
-        self._pool: ThreadPoolExecutor | None = None
-        self._done: Future[list[MapSimilarity]] | None = None
-        if expected > self._per_batch:
-            self._pool = ThreadPoolExecutor(1, thread_name_prefix="randomisation-similarity")
-            self._done = self._pool.submit(self._run)
-        self._closed = False
-
-    def _run(self) -> list[MapSimilarity]:
-        sims: list[MapSimilarity] = []
-        while (stack := self._queue.get()) is not None:
-            with _quiet_numpy():
-                sims.extend(self._reference.similarities(stack))
-        return sims
+        self._done: list[MapSimilarity] = []
 
     def add(self, heatmap: np.ndarray) -> None:
         self._pending.append(heatmap)
-        if self._done is not None and len(self._pending) >= self._per_batch:
+        if len(self._pending) >= self.per_stack:
             self._flush()
 
     def _flush(self) -> None:
         if self._pending:
-            self._queue.put(np.stack(self._pending))
+            stack = np.stack(self._pending)
             self._pending = []
+            self.passes += 1
+            with _quiet_numpy():
+                self._done.extend(self._reference.similarities(stack))
 
     def results(self) -> list[MapSimilarity]:
-        """The similarities of every added map, in order (waits for the last pass)."""
-        if self._done is None:  # one stack: compared here
-            self._closed = True
-            if not self._pending:
-                return []
-            with _quiet_numpy():
-                return self._reference.similarities(np.stack(self._pending))
+        """The similarities of every added map, in order."""
         self._flush()
-        self._close()
-        return self._done.result()
-
-    def _close(self) -> None:
-        if not self._closed:
-            self._closed = True
-            self._queue.put(None)
-
-    def __enter__(self) -> _SimilarityWorker:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._close()  # an aborted test: the worker finishes what it has and stops
-        if self._pool is not None:
-            self._pool.shutdown(wait=False)
+        return list(self._done)
 
 
 @contextlib.contextmanager
