@@ -38,6 +38,7 @@ def write_model_folder(
     name: str = "test",
     version: str = "1",
     layout: str = "NCHW",
+    channel_order: str = "RGB",
 ) -> Path:
     """Write ``root/name/version/{model.onnx,config.toml}`` and return the version folder."""
     if labels is None:
@@ -50,6 +51,7 @@ def write_model_folder(
     (folder / "config.toml").write_text(
         "[input]\n"
         f'height = {height}\nwidth = {width}\nlayout = "{layout}"\n'
+        f'channel_order = "{channel_order}"\n'
         f"value_range = [{value_range[0]}, {value_range[1]}]\n"
         f"mean = [{', '.join(str(float(m)) for m in mean)}]\n"
         f"std = [{', '.join(str(float(s)) for s in std)}]\n"
@@ -75,6 +77,8 @@ def load_onnx_model(
     name: str = "test",
     metrics: Metrics | None = None,
     warmup: bool = False,
+    layout: str = "NCHW",
+    channel_order: str = "RGB",
 ) -> Model:
     """Load an ONNX graph through the real repository; the caller may ``model.close()``."""
     root = tmp_path / "repo"
@@ -90,6 +94,8 @@ def load_onnx_model(
         value_range=value_range,
         max_batch_size=max_batch_size,
         name=name,
+        layout=layout,
+        channel_order=channel_order,
     )
     metrics = metrics or Metrics()
     settings = Settings(models_dir=str(root), warmup=warmup)

@@ -13,5 +13,9 @@ import numpy as np
 ImageBatch = np.ndarray
 """``(N, H, W, 3)`` float32 RGB images on the 0..255 scale."""
 
+NetworkBatch = np.ndarray
+"""``(N, 3, H, W)`` or ``(N, H, W, 3)`` float32: image-space images after the model's
+preprocessing (value range, channel order, normalisation, layout), as the network takes them."""
+
 OutputSpace = Literal["probabilities", "raw"]
 """What ``predict`` returns: probabilities (softmax applied to logit models) or raw outputs."""

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Literal, Protocol
+from typing import TYPE_CHECKING, Literal, Protocol, runtime_checkable
 
 import numpy as np
 
-from xaiserve.contracts.images import ImageBatch, OutputSpace
+from xaiserve.contracts.images import ImageBatch, NetworkBatch, OutputSpace
+from xaiserve.contracts.input import Preprocessing
 
 if TYPE_CHECKING:
     import torch
@@ -46,6 +47,32 @@ class BlackBoxModel(Protocol):
         ``output="probabilities"`` applies softmax to logit models; ``"raw"`` returns the
         network's own output (logits for logit models).
         """
+        ...
+
+
+@runtime_checkable
+class NetworkInputModel(Protocol):
+    """A :class:`BlackBoxModel` that also takes images already in its network's input format.
+
+    Black-box methods that send many perturbed copies of one image may convert the image once
+    (:func:`xaiserve.imaging.preprocess.to_network_input` with :attr:`preprocessing`), perturb
+    the converted copies and hand them to :meth:`predict_network_input`, skipping the
+    conversion of every copy. Since the conversion is elementwise, perturbing in network space
+    with values converted the same way gives bit-identical inputs. A model without these two
+    members (a test wrapper implementing ``predict`` only) gets image-space images through
+    ``predict``: check with ``isinstance(model, NetworkInputModel)``.
+    """
+
+    @property
+    def preprocessing(self) -> Preprocessing:
+        """How the model turns image-space pixels into its input tensor."""
+        ...
+
+    def predict_network_input(
+        self, inputs: NetworkBatch | Iterable[NetworkBatch], output: OutputSpace = "probabilities"
+    ) -> np.ndarray:
+        """As ``predict``, for ``(N, 3, H, W)`` (NCHW) or ``(N, H, W, 3)`` (NHWC) float32
+        chunks already in the network's input format (``preprocessing`` applied)."""
         ...
 
 

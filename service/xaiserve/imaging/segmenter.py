@@ -13,7 +13,7 @@ calling scikit-image themselves:
   (:func:`~xaiserve.imaging.exact_regions.nested_scales`), the ``segmentation.nested`` option.
 
 Any object with ``kind``, ``key()`` and ``compute()`` is a product: the regional prediction
-difference caches its seeded per-scale noise draws this way (``ExclusionFills``, kind
+difference caches its seeded per-scale noise draws this way (``ExclusionScatter``, kind
 ``noise``). On the CPU, SLIC calls of one image share its prepared input (CIELAB, smoothing:
 :func:`~xaiserve.imaging.segmentation.slic_input`) through a few-entry side cache.
 

@@ -27,10 +27,19 @@ identical images. Samples are clipped to 0..255 (image space; the paper does not
 
 Since the draws are a pure function of the labels, ``μ``, ``σ²``, the seed and the scale, every
 scale's draws (with its pixels grouped by region) are a product of the shared segmenter too
-(:class:`ExclusionFills`, kind ``noise``, keyed by a digest of the labels and those values):
-re-explaining an image for another target draws nothing again, and gets the same float32
-pixels a fresh draw gives. The perturbed images are then a copy of the image and one flat
-scatter per region.
+(:class:`ExclusionScatter`, kind ``noise``, keyed by a digest of the labels, those values and the
+space they are written in): re-explaining an image for another target draws nothing again, and
+gets the same float32 pixels a fresh draw gives.
+
+The perturbed images are built where the network reads them. A model that takes preprocessed
+input (:class:`~xaiserve.contracts.models.NetworkInputModel`: a served ``Model``) gets the
+original converted once by :func:`~xaiserve.imaging.preprocess.to_network_input`, and each
+exclusion is a copy of it with one flat scatter of the region's draws, converted by the same
+function and cached that way (:class:`ScatterPlan`, with the flat indices for the network's
+layout: ``c·H·W + p`` in NCHW, ``3p + c`` in NHWC). The conversion is elementwise (one float32
+multiply and add per value), so these are bit for bit the inputs that converting the image-space
+exclusions would give, without converting 62 images. Any other model gets image-space images
+built the same way (a copy of the image, one scatter at ``3p + c`` per region).
 """
 
 from __future__ import annotations
@@ -41,8 +50,11 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from xaiserve.contracts.footprint import Footprint, image_bytes, scores_bytes
+from xaiserve.contracts.input import Preprocessing
+from xaiserve.contracts.models import NetworkInputModel
 from xaiserve.errors import InvalidInput
 from xaiserve.imaging.exact_regions import BoundaryPrior
+from xaiserve.imaging.preprocess import to_network_input
 from xaiserve.imaging.segmentation import SegmentationParams
 from xaiserve.imaging.segmentation_cache import image_digest
 from xaiserve.imaging.segmenter import (
@@ -219,6 +231,68 @@ class ExclusionFills:
         return order, bounds, noise.astype(np.float32)
 
 
+@dataclass(frozen=True)
+class ScatterPlan:
+    """One scale's exclusions as flat scatters into a flattened image (a segmenter value).
+
+    Excluding region ``i`` writes ``values[3·bounds[i] : 3·bounds[i + 1]]`` (float32) at the same
+    slice of ``index`` (``intp``) of the flattened image, in the space the plan was made for.
+    """
+
+    index: np.ndarray
+    bounds: np.ndarray
+    values: np.ndarray
+
+
+def scatter_plan(
+    order: np.ndarray, bounds: np.ndarray, fills: np.ndarray, space: Preprocessing | None
+) -> ScatterPlan:
+    """:class:`ExclusionFills`' value ready to scatter: into image space (``space`` ``None``,
+    ``(H, W, 3)``: index ``3p + c``), or into the network input ``space`` describes, the fills
+    converted by :func:`~xaiserve.imaging.preprocess.to_network_input` (the very arithmetic the
+    model applies to whole images) at ``c·H·W + p`` (NCHW) or ``3p + c`` (NHWC), ``c`` the
+    network's channel. Values are laid out ``[pixel, channel]`` in region order either way."""
+    n = order.size
+    pixels = order.astype(np.intp)[:, None]
+    channels = np.arange(3, dtype=np.intp)
+    if space is None:
+        return ScatterPlan((3 * pixels + channels).reshape(-1), bounds, fills.reshape(-1))
+    net = to_network_input(fills.reshape(1, n, 1, 3), space)
+    if space.layout == "NCHW":  # net is (1, 3, n, 1): channel c of the k-th pixel at [0, c, k, 0]
+        index = (pixels + n * channels).reshape(-1)
+        values = np.ascontiguousarray(net.reshape(3, n).T).reshape(-1)
+    else:
+        index = (3 * pixels + channels).reshape(-1)
+        values = net.reshape(-1)
+    return ScatterPlan(index, bounds, values)
+
+
+def space_key(space: Preprocessing | None) -> Hashable:
+    """What of ``space`` determines the converted values and the indices (not its grid or
+    input name: the image already has the model's grid)."""
+    if space is None:
+        return None
+    return (space.layout, space.channel_order, space.value_range, space.mean, space.std)
+
+
+@dataclass(frozen=True)
+class ExclusionScatter:
+    """A scale's :class:`ExclusionFills` as a :class:`ScatterPlan` into image space (``space``
+    ``None``) or a network's input (a segmenter product, kind ``noise``: one per scale and
+    explanation, like the draws it holds). Cached as a dataclass, so a hit copies nothing."""
+
+    fills: ExclusionFills
+    space: Preprocessing | None
+    kind: str = "noise"
+
+    def key(self) -> Hashable:
+        return (self.fills.key(), "scatter", space_key(self.space))
+
+    def compute(self, segmenter: Segmenter, image: SegImage) -> ScatterPlan:
+        order, bounds, fills = self.fills.compute(segmenter, image)
+        return scatter_plan(order, bounds, fills, self.space)
+
+
 @dataclass
 class _Stream:
     """What the perturbation generator learns while it runs (read after ``predict``)."""
@@ -269,12 +343,15 @@ def _segment(image: np.ndarray, params: RegionalPredictionDifferenceParams) -> _
 
 
 def _chunks(
-    image: np.ndarray,
+    base: np.ndarray,
+    space: Preprocessing | None,
     params: RegionalPredictionDifferenceParams,
     segmentation: _Segmentation,
     state: _Stream,
 ) -> Iterator[np.ndarray]:
-    """The original image, then the exclusion of every region of every scale, in that order.
+    """The original image, then the exclusion of every region of every scale, in that order:
+    ``base`` is the image in image space (``space`` ``None``) or converted to the network input
+    ``space`` describes (:func:`scatter_plan`).
 
     Chunks hold at most ``CHUNK_IMAGES``. They are full whenever the labels are at hand (a
     warm cache: ``CHUNK_IMAGES``-image batches, the model's efficient size), and end early only
@@ -282,35 +359,31 @@ def _chunks(
     segmentation is not ready yet, and a scale's last chunk goes as soon as it is complete when
     the next scale's labels are still being computed.
     """
-    # (region, its scale's flat pixel indices, bounds, flat fills)
-    pending: list[tuple[int, np.ndarray, np.ndarray, np.ndarray]] = []
+    pending: list[tuple[int, ScatterPlan]] = []  # (region, its scale's plan)
     first = True
 
     def fill() -> np.ndarray:
-        chunk = np.empty((len(pending) + int(first), *image.shape), dtype=image.dtype)
-        chunk[:] = image
-        for row, (i, idx, bounds, fills) in enumerate(pending, start=int(first)):
+        chunk = np.empty((len(pending) + int(first), *base.shape), dtype=base.dtype)
+        chunk[:] = base
+        for row, (i, plan) in enumerate(pending, start=int(first)):
             # one flat scatter of the region's 3·n_i values (several times faster than rows)
-            lo, hi = 3 * int(bounds[i]), 3 * int(bounds[i + 1])
-            chunk[row].reshape(-1)[idx[lo:hi]] = fills[lo:hi]
+            lo, hi = 3 * int(plan.bounds[i]), 3 * int(plan.bounds[i + 1])
+            chunk[row].reshape(-1)[plan.index[lo:hi]] = plan.values[lo:hi]
         pending.clear()
         return chunk
 
     if not segmentation.ready(1):
-        yield image[None]
+        yield base[None]
         first = False
     state.prior = segmentation.prior.result()
     segmenter, img = segmentation.segmenter, segmentation.image
     for j in range(1, params.scales + 1):
         labels = segmentation.scale(j)
         state.labels.append(labels)
-        order, bounds, fills = segmenter.inline(
-            img, ExclusionFills.of(labels, j, params, state.prior.mu)
-        )
-        idx = (3 * order.astype(np.intp)[:, None] + np.arange(3)).reshape(-1)
-        flat = fills.reshape(-1)
-        for i in range(len(bounds) - 1):
-            pending.append((i, idx, bounds, flat))
+        fills = ExclusionFills.of(labels, j, params, state.prior.mu)
+        plan: ScatterPlan = segmenter.inline(img, ExclusionScatter(fills, space))
+        for i in range(len(plan.bounds) - 1):
+            pending.append((i, plan))
             if len(pending) + int(first) == CHUNK_IMAGES:
                 yield fill()
                 first = False
@@ -396,10 +469,16 @@ def explain(
     state = _Stream()
     segmentation = _segment(image, params)
     try:
-        probabilities = model.predict(
-            _chunks(image, params, segmentation, state),
-            output="probabilities",
-        )
+        if isinstance(model, NetworkInputModel):  # perturb the converted image (module doc)
+            space = model.preprocessing
+            base = to_network_input(image[None], space)[0]
+            probabilities = model.predict_network_input(
+                _chunks(base, space, params, segmentation, state), output="probabilities"
+            )
+        else:
+            probabilities = model.predict(
+                _chunks(image, None, params, segmentation, state), output="probabilities"
+            )
     finally:
         segmentation.release()
     expected = cost(params, (h, w))

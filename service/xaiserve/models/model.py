@@ -4,6 +4,8 @@
 preprocessing, feeds the dynamic batcher in pieces of at most ``max_batch_size`` while keeping at
 most two batches of this request in flight (so a lazily generated stream of thousands of
 perturbations is never materialised), and returns probabilities or raw outputs.
+``predict_network_input`` does the same for chunks already preprocessed (``NetworkInputModel``:
+methods that perturb many copies of one image convert it once).
 ``torch_backend`` leases a PyTorch module rebuilt from the same ONNX file (or the operator's
 registered module) for white-box methods.
 """
@@ -23,7 +25,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
-from xaiserve.contracts.images import ImageBatch, OutputSpace
+from xaiserve.contracts.images import ImageBatch, NetworkBatch, OutputSpace
 from xaiserve.contracts.input import InputConfig
 from xaiserve.contracts.models import TorchBackend
 from xaiserve.errors import FailedPrecondition, Unimplemented, XaiserveError
@@ -110,18 +112,29 @@ class Model:
     def predict(
         self, images: ImageBatch | Iterable[ImageBatch], output: OutputSpace = "probabilities"
     ) -> np.ndarray:
-        ctx = context.current()
         chunks: Iterable[np.ndarray] = (images,) if isinstance(images, np.ndarray) else images
+        return self._forward(
+            (to_network_input(self._check_chunk(c), self.config.input) for c in chunks), output
+        )
+
+    def predict_network_input(
+        self, inputs: NetworkBatch | Iterable[NetworkBatch], output: OutputSpace = "probabilities"
+    ) -> np.ndarray:
+        """``predict`` for chunks already in the network's input format (``NetworkInputModel``):
+        the model's :attr:`preprocessing` applied, float32 in its layout."""
+        chunks: Iterable[np.ndarray] = (inputs,) if isinstance(inputs, np.ndarray) else inputs
+        return self._forward((self._check_network_chunk(c) for c in chunks), output)
+
+    def _forward(self, chunks: Iterable[NetworkBatch], output: OutputSpace) -> np.ndarray:
+        ctx = context.current()
         mb = self.max_batch_size
         results: list[np.ndarray] = []
         outstanding: deque[tuple[Future[np.ndarray], int]] = deque()
         in_flight = 0
         self.batcher.enter(ctx.interactive)
         try:
-            for chunk in chunks:
-                self._check_chunk(chunk)
+            for x in chunks:
                 ctx.check()
-                x = to_network_input(chunk, self.config.input)
                 for start in range(0, len(x), mb):
                     piece = x[start : start + mb]
                     while outstanding and in_flight + len(piece) > 2 * mb:
@@ -152,12 +165,23 @@ class Model:
             return softmax(raw)
         return raw
 
-    def _check_chunk(self, chunk: np.ndarray) -> None:
+    def _check_chunk(self, chunk: np.ndarray) -> np.ndarray:
         h, w = self.input_size
         if chunk.ndim != 4 or chunk.shape[1:] != (h, w, 3):
             raise ValueError(
                 f"predict expects (N, {h}, {w}, 3) image-space chunks, got {chunk.shape}"
             )
+        return chunk
+
+    def _check_network_chunk(self, chunk: np.ndarray) -> np.ndarray:
+        h, w = self.input_size
+        shape = (3, h, w) if self.config.input.layout == "NCHW" else (h, w, 3)
+        if chunk.ndim != 4 or chunk.shape[1:] != shape or chunk.dtype != np.float32:
+            raise ValueError(
+                f"predict_network_input expects (N, {', '.join(map(str, shape))}) float32 "
+                f"chunks in the network's layout, got {chunk.shape} {chunk.dtype}"
+            )
+        return chunk
 
     # -- WhiteBoxModel -------------------------------------------------------------------------
     @property
