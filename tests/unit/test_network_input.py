@@ -1,11 +1,11 @@
 """Perturbing in the network's input space (``NetworkInputModel``) against image space.
 
-The regional prediction difference builds its exclusions in the network's input format when
-the model takes it (a served ``Model``): the original converted once, each region's draws
-converted and scattered at the layout's flat indices. The independent path is the one every
+The regional prediction difference, MoRF and contextual importance build their perturbed images
+in the network's input format when the model takes it (a served ``Model``): the original and
+the replacement values converted once, then copied where the layout keeps each pixel. The independent path is the one every
 other model gets: the image-space exclusions, converted by ``to_network_input`` as the model's
 ``predict`` does. Both run through a real ONNX model loaded by the real repository; the network
-inputs, the probabilities and every map must be equal bit for bit, for both layouts, both
+inputs, the probabilities, every map and every curve must be equal bit for bit, for both layouts, both
 channel orders and a preprocessing whose value range, mean and std are all non-trivial.
 """
 
@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import onnx
@@ -23,9 +23,14 @@ from onnx import TensorProto, helper, numpy_helper
 from tests.support import load_onnx_model
 from xaiserve.contracts.input import Preprocessing
 from xaiserve.contracts.models import NetworkInputModel
+from xaiserve.evaluation.morf import MorfParams, region_perturbation
 from xaiserve.imaging.preprocess import to_network_input
 from xaiserve.imaging.segmentation import SegmentationParams
 from xaiserve.methods.base import Target
+from xaiserve.methods.contextual_importance import (
+    ContextualImportanceParams,
+    contextual_importance,
+)
 from xaiserve.methods.regional_prediction_difference import (
     RegionalPredictionDifferenceParams,
     scatter_plan,
@@ -77,13 +82,18 @@ class NetworkRecorder:
     def __init__(self, model: Model) -> None:
         self.model = model
         self.inputs: list[np.ndarray] = []
+        self.image_calls: list[np.ndarray] = []
         self.input_size = model.input_size
         self.num_classes = model.num_classes
         self.output_kind = model.output_kind
         self.preprocessing = model.preprocessing
 
-    def predict(self, images: np.ndarray, output: str = "probabilities") -> np.ndarray:
-        raise AssertionError("a NetworkInputModel gets network inputs")
+    def predict(
+        self, images: np.ndarray, output: Literal["probabilities", "raw"] = "probabilities"
+    ) -> np.ndarray:
+        """Single image-space calls (contextual importance's explanation score): kept apart."""
+        self.image_calls.append(to_network_input(images, self.preprocessing))
+        return self.model.predict(images, output)
 
     def predict_network_input(
         self,
@@ -111,15 +121,33 @@ class ImageSpaceModel:
 
     def predict(
         self,
-        images: Iterable[np.ndarray],
+        images: np.ndarray | Iterable[np.ndarray],
         output: Literal["probabilities", "raw"] = "probabilities",
     ) -> np.ndarray:
+        chunks = [images] if isinstance(images, np.ndarray) else images
+
         def kept() -> Iterable[np.ndarray]:
-            for chunk in images:
+            for chunk in chunks:
                 self.inputs.append(to_network_input(chunk, self.model.preprocessing))
                 yield chunk
 
         return self.model.predict(kept(), output)
+
+
+def served(tmp_path: Path, case: tuple[Any, ...]) -> Model:
+    layout, order, value_range, mean, std = case
+    return load_onnx_model(
+        random_graph(layout),
+        tmp_path,
+        height=H,
+        width=W,
+        mean=mean,
+        std=std,
+        value_range=value_range,
+        layout=layout,
+        channel_order=order,
+        max_batch_size=8,
+    )
 
 
 @pytest.mark.parametrize(("layout", "order", "value_range", "mean", "std"), CASES)
@@ -133,18 +161,7 @@ def test_network_space_exclusions_are_the_converted_image_space_ones(
     std: tuple[float, ...],
     nested: bool,
 ) -> None:
-    model = load_onnx_model(
-        random_graph(layout),
-        tmp_path,
-        height=H,
-        width=W,
-        mean=mean,
-        std=std,
-        value_range=value_range,
-        layout=layout,
-        channel_order=order,
-        max_batch_size=8,
-    )
+    model = served(tmp_path, (layout, order, value_range, mean, std))
     try:
         assert isinstance(model, NetworkInputModel)
         image, _ = scene(H, W, seed=3)
@@ -173,6 +190,71 @@ def test_network_space_exclusions_are_the_converted_image_space_ones(
         for key in a.maps:
             np.testing.assert_array_equal(a.maps[key], b.maps[key])
         assert a.values == b.values
+        assert np.ptp(a.heatmap) > 0
+        assert not net.image_calls
+    finally:
+        model.close()
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_morf_in_network_space_is_the_converted_image_space_run(
+    tmp_path: Path, case: tuple[Any, ...]
+) -> None:
+    """MoRF, LeRF and random curves with per-pixel noise (a fresh draw per repeat): the same
+    network inputs and curves whether the windows are copied in image or network space."""
+    model = served(tmp_path, case)
+    try:
+        image, _ = scene(H, W, seed=4)
+        heatmap = np.random.default_rng(5).random((H, W))
+        params = MorfParams(
+            window=7, steps=12, fill="uniform", repeats=2, seed=3, lerf=True, random_baseline=True
+        )
+        net, img = NetworkRecorder(model), ImageSpaceModel(model)
+        a = region_perturbation(net, image, heatmap, 1, params)
+        b = region_perturbation(img, image, heatmap, 1, params)
+        sent, want = np.concatenate(net.inputs), np.concatenate(img.inputs)
+        assert len(sent) == a.forward_passes == 1 + 3 * 2 * 12 and not net.image_calls
+        np.testing.assert_array_equal(sent, want)
+        for field in ("morf_curve", "lerf_curve", "random_curve"):
+            np.testing.assert_array_equal(getattr(a, field), getattr(b, field))
+        assert (a.aopc_morf, a.aopc_lerf, a.aopc_random) == (
+            b.aopc_morf,
+            b.aopc_lerf,
+            b.aopc_random,
+        )
+        assert np.ptp(a.morf_curve) > 0
+    finally:
+        model.close()
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_contextual_importance_in_network_space_is_the_converted_image_space_run(
+    tmp_path: Path, case: tuple[Any, ...]
+) -> None:
+    """Removal by blur, utilities over noise and white: the same network inputs, maps and
+    values in either space."""
+    model = served(tmp_path, case)
+    try:
+        image, _ = scene(H, W, seed=6)
+        params = ContextualImportanceParams(
+            segmentation=SegmentationParams(n_segments=12),
+            fill="blur",
+            utility_fills=("noise", "white"),
+            seed=9,
+        )
+        net, img = NetworkRecorder(model), ImageSpaceModel(model)
+        target = Target(3, contrast=0)
+        a = contextual_importance(net, image, target, params)
+        b = contextual_importance(img, image, target, params)
+        sent = np.concatenate(net.inputs + net.image_calls)  # the stream, then the kept image
+        want = np.concatenate(img.inputs)
+        assert sent.shape == want.shape and len(sent) == a.values["forward_passes"]
+        np.testing.assert_array_equal(sent, want)
+        np.testing.assert_array_equal(a.heatmap, b.heatmap)
+        assert a.maps.keys() == b.maps.keys()
+        for key in a.maps:
+            np.testing.assert_array_equal(a.maps[key], b.maps[key])
+        assert a.values == b.values and a.target_probability == b.target_probability
         assert np.ptp(a.heatmap) > 0
     finally:
         model.close()

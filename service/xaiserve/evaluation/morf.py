@@ -34,7 +34,11 @@ Choices the paper leaves open (documented here, tested in ``tests/unit/test_morf
 * Fills ``mean``/``blur``/``noise`` are computed from the unperturbed image ``x``.
 
 All perturbed images stream lazily through ``model.predict`` in chunks of :data:`CHUNK_SIZE`; at
-most one chunk is built at a time. ``predict`` returns all ``(N, C)`` class scores of a call, so
+most one chunk is built at a time. A model that takes preprocessed input
+(:class:`~xaiserve.contracts.models.NetworkInputModel`) gets them in its input format instead,
+through ``predict_network_input``: the image and each sequence's replacement are converted once
+and the windows copied between the converted arrays (the conversion is elementwise, so these
+are bit for bit the converted image-space images, without converting every step). ``predict`` returns all ``(N, C)`` class scores of a call, so
 to keep peak memory flat in ``L × repeats`` for models with many classes the stream is cut, at
 whole-sequence boundaries, into calls whose output stays under :data:`MAX_OUTPUT_BYTES` (one call
 for small ``N × C``: e.g. 1000 classes, L = 100 → up to 2,000 images per call).
@@ -49,9 +53,11 @@ from typing import Literal
 import numpy as np
 
 from xaiserve.contracts.footprint import Footprint
-from xaiserve.contracts.models import BlackBoxModel
+from xaiserve.contracts.input import Layout
+from xaiserve.contracts.models import BlackBoxModel, NetworkInputModel
 from xaiserve.errors import InvalidInput
 from xaiserve.imaging.fills import Fill, check_fill, fill_image
+from xaiserve.imaging.preprocess import pixel_grid, to_network_input
 
 Ordering = Literal["morf", "lerf", "random"]
 
@@ -232,20 +238,24 @@ def _perturbed_images(
     grid: RegionGrid,
     order: np.ndarray,
     replacement: np.ndarray,
+    layout: Layout | None = None,
 ) -> Iterator[np.ndarray]:
     """``x^(1), …, x^(L)`` of Eq. 11 for one ordering (``L = len(order)``), as views of one
-    working image that is modified in place: copy each before the next is produced."""
+    working image that is modified in place: copy each before the next is produced. ``image``
+    and ``replacement`` are in image space (``layout`` ``None``) or both network inputs in
+    ``layout``."""
     x = image.copy()
+    target, source = pixel_grid(x, layout), pixel_grid(replacement, layout)
     for p in order:
         rows, cols = grid.slices(p)
-        x[rows, cols] = replacement[rows, cols]
+        target[rows, cols] = source[rows, cols]
         yield x
 
 
 def _chunks(
     images: Iterator[np.ndarray], total: int, shape: tuple[int, ...], chunk_size: int
 ) -> Iterator[np.ndarray]:
-    """Group ``total`` images ``(H, W, 3)`` from ``images`` into ``(n ≤ chunk_size, H, W, 3)``
+    """Group ``total`` images of ``shape`` from ``images`` into ``(n ≤ chunk_size, *shape)``
     float32 chunks, lazily. Only the chunk being filled is held; a fresh array is allocated per
     chunk because the consumer may still hold (or run) the previous one."""
     done = 0
@@ -318,14 +328,23 @@ def region_perturbation(
     )
     scores = grid.scores(hm)
     sequences = _sequences(params)
+    # In the network's input format when the model takes it (module docstring).
+    net = model if isinstance(model, NetworkInputModel) else None
+    layout = net.preprocessing.layout if net is not None else None
+
+    def space(x: np.ndarray) -> np.ndarray:
+        return x if net is None else to_network_input(x[None], net.preprocessing)[0]
+
+    base = space(img)
 
     def images(batch: list[tuple[Ordering, int]], first: bool) -> Iterator[np.ndarray]:
         if first:
-            yield img
+            yield base
         for ordering, repeat in batch:
             fill_rng, perm_rng = _sequence_rngs(seed, repeat)
             order = region_order(scores, ordering, perm_rng)[:steps]
-            yield from _perturbed_images(img, grid, order, fill_image(img, params.fill, fill_rng))
+            replacement = space(fill_image(img, params.fill, fill_rng))
+            yield from _perturbed_images(base, grid, order, replacement, layout)
 
     # Cut the stream into predict calls of whole sequences, bounded in output size.
     per_call = max(1, MAX_OUTPUT_BYTES // (4 * max(1, model.num_classes) * steps))
@@ -335,8 +354,11 @@ def region_perturbation(
         batch = sequences[start : start + per_call]
         first = start == 0
         total = int(first) + steps * len(batch)
-        chunks = _chunks(images(batch, first), total, img.shape, CHUNK_SIZE)
-        out = np.asarray(model.predict(chunks, output="probabilities"))
+        chunks = _chunks(images(batch, first), total, base.shape, CHUNK_SIZE)
+        if net is not None:
+            out = np.asarray(net.predict_network_input(chunks, output="probabilities"))
+        else:
+            out = np.asarray(model.predict(chunks, output="probabilities"))
         if out.shape[0] != total:
             raise RuntimeError(f"model returned {out.shape[0]} score rows for {total} images")
         f = out[:, target_index].astype(np.float64)

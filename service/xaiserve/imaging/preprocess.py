@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
-from xaiserve.contracts.input import InputConfig, Preprocessing
+from xaiserve.contracts.input import InputConfig, Layout, Preprocessing
 
 
 def fit_to_input(image: np.ndarray, cfg: InputConfig) -> np.ndarray:
@@ -36,6 +36,26 @@ def _resize(image: np.ndarray, height: int, width: int) -> np.ndarray:
         for c in range(image.shape[2])
     ]
     return np.clip(np.stack(channels, axis=2), 0.0, 255.0).astype(np.float32)
+
+
+def pixel_rows(x: np.ndarray, layout: Layout | None) -> np.ndarray:
+    """A ``(…, H·W, 3)`` view of contiguous images: image-space ``(…, H, W, 3)`` (``layout``
+    ``None``) or network inputs in ``layout`` (NCHW ``(…, 3, H, W)``: the channel axis moved
+    last, no copy). Row ``p`` is pixel ``p`` (row-major) in every layout, so methods that
+    perturb pixels by flat index write image space and network input alike (the channels in
+    the network's order)."""
+    if layout == "NCHW":
+        *lead, c, h, w = x.shape
+        return np.moveaxis(x.reshape(*lead, c, h * w), -2, -1)
+    *lead, h, w, c = x.shape
+    return x.reshape(*lead, h * w, c)
+
+
+def pixel_grid(x: np.ndarray, layout: Layout | None) -> np.ndarray:
+    """A ``(…, H, W, 3)`` view of image-space images (``layout`` ``None``) or network inputs in
+    ``layout`` (NCHW: the channel axis moved last, no copy): ``view[…, rows, cols]`` is that
+    window of the image in every layout."""
+    return np.moveaxis(x, -3, -1) if layout == "NCHW" else x
 
 
 def to_network_input(images: np.ndarray, cfg: Preprocessing) -> np.ndarray:

@@ -48,8 +48,11 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from xaiserve.contracts.footprint import Footprint, image_bytes, scores_bytes
+from xaiserve.contracts.input import Layout
+from xaiserve.contracts.models import NetworkInputModel
 from xaiserve.errors import InvalidInput
 from xaiserve.imaging.fills import MAX_BLUR_SIGMA, Fill, check_fill, fill_image
+from xaiserve.imaging.preprocess import pixel_rows, to_network_input
 from xaiserve.imaging.segmentation import SegmentationParams, relabel_contiguous
 from xaiserve.imaging.segmenter import Superpixels, shared_segmenter
 from xaiserve.methods.base import (
@@ -203,11 +206,17 @@ def contextual_importance_from_segments(
     replacements = [fill_image(image, name, rng, params.blur_sigma) for name in fills]
     regions = _region_pixels(labels, n_regions)
 
-    # Algorithm 1, lines 1–2: out(C) and every (C, {i}) in one lazily consumed stream.
-    outputs = np.asarray(
-        model.predict(_perturbations(image, regions, replacements), output=params.output),
-        dtype=np.float64,
-    )
+    # Algorithm 1, lines 1–2: out(C) and every (C, {i}) in one lazily consumed stream; in the
+    # network's input format when the model takes it (the image and each fill converted once,
+    # bit for bit the converted perturbed images: the conversion is elementwise).
+    if isinstance(model, NetworkInputModel):
+        pre = model.preprocessing
+        net = [to_network_input(x[None], pre)[0] for x in (image, *replacements)]
+        stream = _perturbations(net[0], regions, net[1:], layout=pre.layout)
+        raw = model.predict_network_input(stream, output=params.output)
+    else:
+        raw = model.predict(_perturbations(image, regions, replacements), output=params.output)
+    outputs = np.asarray(raw, dtype=np.float64)
     expected = 1 + n_regions * len(fills)
     if outputs.shape[0] != expected:
         raise RuntimeError(f"model returned {outputs.shape[0]} rows for {expected} images")
@@ -304,20 +313,22 @@ def _perturbations(
     regions: Sequence[np.ndarray],
     replacements: Sequence[np.ndarray],
     chunk_size: int | None = None,
+    layout: Layout | None = None,
 ) -> Iterator[np.ndarray]:
     """Chunks ``(n, H, W, 3)`` of: C itself, then (C, {i}) for every fill (outer) and region
     i (inner), region i's pixels taken from the fill's replacement image. A chunk holds about
-    :data:`CHUNK_BYTES` (at most :data:`MAX_CHUNK` images) unless ``chunk_size`` is given."""
-    h, w, _ = image.shape
+    :data:`CHUNK_BYTES` (at most :data:`MAX_CHUNK` images) unless ``chunk_size`` is given.
+    With ``layout``, ``image`` and ``replacements`` are network inputs in that layout, and so
+    are the chunks."""
     if chunk_size is None:
-        chunk_size = max(1, min(MAX_CHUNK, CHUNK_BYTES // (h * w * 3 * 4)))
+        chunk_size = max(1, min(MAX_CHUNK, CHUNK_BYTES // (image.size * 4)))
     jobs: list[tuple[np.ndarray, np.ndarray] | None] = [None]
-    jobs += [(replacement.reshape(-1, 3), idx) for replacement in replacements for idx in regions]
+    jobs += [(pixel_rows(r, layout), idx) for r in replacements for idx in regions]
     for start in range(0, len(jobs), chunk_size):
         part = jobs[start : start + chunk_size]
-        chunk = np.empty((len(part), h, w, 3), dtype=np.float32)
+        chunk = np.empty((len(part), *image.shape), dtype=np.float32)
         chunk[:] = image
-        pixels = chunk.reshape(len(part), h * w, 3)
+        pixels = pixel_rows(chunk, layout)
         for n, job in enumerate(part):
             if job is not None:
                 source, idx = job
