@@ -132,6 +132,10 @@ def model_repo(
     folder = root / name / "1"
     folder.mkdir(parents=True, exist_ok=True)
     target = folder / "model.onnx"
+    if target.exists() and not os.path.samefile(target, onnx_path):
+        # another network under the same repository name (the concurrency tables serve every
+        # light model as "light"): serve the one asked for, not the first one linked here
+        target.unlink()
     if not target.exists():
         try:  # a hard link, not a symlink: the repository confines model files to its root
             os.link(onnx_path, target)
