@@ -184,13 +184,20 @@ class TorchModelPool:
 
     def _build(self) -> nn.Module:
         with self._build_lock:
-            if self._template is None:
+            template = self._template
+            if template is None:
                 template = self._factory()
                 template.eval()
                 for p in template.parameters():
                     p.requires_grad_(False)
                 self._template = template
-            return copy.deepcopy(self._template).to(self.device)
+            with self._cond:
+                last = len(self._copies) == self.size - 1  # every other copy exists
+                if last:
+                    self._template = None  # the last copy is the template itself
+            # a deep copy costs ~0.16 s of CPU per ResNet-50 (10 randomised variants of one
+            # copy each: 1.6 s of a randomisation test's first call)
+            return (template if last else copy.deepcopy(template)).to(self.device)
 
     def _acquire(self, timeout: float) -> nn.Module:
         def can_go() -> bool:
