@@ -208,6 +208,7 @@ def bench_concurrency(
     intra_op: Sequence[int] = (0,),
     seg_workers: int = 0,
     inference_workers: Sequence[int] = (1,),
+    max_batch: int = 32,
 ) -> list[dict[str, Any]]:
     """Explanations/s × passes ÷ best-batch passes/s through a server process, cold and warm,
     for each onnxruntime ``intra_op_threads`` setting of the server (0: every core) and each
@@ -215,7 +216,7 @@ def bench_concurrency(
     with ``segmentation_workers`` = ``seg_workers`` (0: the server's default, half the cores)."""
     from xaiserve.v1 import explain_pb2 as pb
 
-    root = model_repo("light", onnx_path, 224, 1000)
+    root = model_repo("light", onnx_path, 224, 1000, max_batch)
     modes = ("paper", "nested", "warm")
     images = distinct_images(1 + len(modes) * per_client * sum(clients), seed=1)
     tensors = [

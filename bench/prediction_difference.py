@@ -129,9 +129,11 @@ def load_resnet50() -> Model:
     return load_onnx(workdir(), "resnet50", torchvision_onnx("resnet50"), 224, delay_ms=1.0)
 
 
-def load_light(arch: str) -> Model:
+def load_light(arch: str, max_batch: int = 32) -> Model:
     """torchvision ``arch`` (seed 0, random weights) at 224², exported like the others."""
-    return load_onnx(workdir(), arch, torchvision_onnx(arch), 224, delay_ms=1.0)
+    return load_onnx(
+        workdir(), arch, torchvision_onnx(arch), 224, max_batch=max_batch, delay_ms=1.0
+    )
 
 
 def exact_segmentation(image: np.ndarray, params: SegmentationParams) -> None:
@@ -339,6 +341,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="the server's segmentation_workers for the concurrency runs (0 = half the cores)",
     )
     parser.add_argument(
+        "--light-max-batch",
+        type=int,
+        default=32,
+        help="the light models' max_batch_size (in-process and server); a per-model, "
+        "per-device setting: set it to the best batch the floor finds",
+    )
+    parser.add_argument(
         "--faithfulness",
         type=int,
         default=60,
@@ -374,7 +383,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             model = load_demo()
             images = shapes.heldout(args.images).images.astype(np.float32)
         else:
-            model = load_light(name) if name in LIGHT_ARCHS else load_resnet50()
+            model = (
+                load_light(name, args.light_max_batch) if name in LIGHT_ARCHS else load_resnet50()
+            )
             images = natural_images(args.images, 224)
         print(f"[{name}] regional …", flush=True)
         captum = not args.no_captum and name not in LIGHT_ARCHS
@@ -400,6 +411,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 [int(t) for t in args.server_threads.split(",") if t],
                 args.server_segmentation_workers,
                 [int(w) for w in args.server_inference_workers.split(",") if w],
+                args.light_max_batch,
             )
         pix = None
         if not args.no_pixelwise:
