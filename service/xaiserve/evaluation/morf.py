@@ -38,10 +38,12 @@ most one chunk is built at a time. A model that takes preprocessed input
 (:class:`~xaiserve.contracts.models.NetworkInputModel`) gets them in its input format instead,
 through ``predict_network_input``: the image and each sequence's replacement are converted once
 and the windows copied between the converted arrays (the conversion is elementwise, so these
-are bit for bit the converted image-space images, without converting every step). ``predict`` returns all ``(N, C)`` class scores of a call, so
-to keep peak memory flat in ``L × repeats`` for models with many classes the stream is cut, at
-whole-sequence boundaries, into calls whose output stays under :data:`MAX_OUTPUT_BYTES` (one call
-for small ``N × C``: e.g. 1000 classes, L = 100 → up to 2,000 images per call).
+are bit for bit the converted image-space images, without converting every step).
+
+``predict`` returns all ``(N, C)`` class scores of a call, so to keep peak memory flat in
+``L × repeats`` for models with many classes the stream is cut, at whole-sequence boundaries,
+into calls whose output stays under :data:`MAX_OUTPUT_BYTES` (one call for small ``N × C``:
+e.g. 1000 classes, L = 100 → up to 2,000 images per call).
 """
 
 from __future__ import annotations
