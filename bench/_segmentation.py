@@ -140,85 +140,178 @@ def explain_cold(
     return wall, cpu, seg_wait(metrics)
 
 
+FLOOR_IMAGES = 64
+"""Images per floor round (about an explanation's 63 passes)."""
+
+
+def floor_round(predict: Callable[[np.ndarray], object], x: np.ndarray) -> tuple[float, float]:
+    """(wall, CPU) seconds per image of one floor round: ``predict(x)`` (a batch of the best
+    size) repeated until ``FLOOR_IMAGES`` images have passed. Taken right beside the explanation
+    it is compared with, so that both see the same machine (its speed drifts by ±10–20 % from
+    minute to minute on a shared VM)."""
+    calls = max(1, FLOOR_IMAGES // len(x))
+    cpu, wall = cpu_and_wall(lambda: [predict(x) for _ in range(calls)])
+    return wall / (calls * len(x)), cpu / (calls * len(x))
+
+
 def bench_cache(
     model: BlackBoxModel, images: np.ndarray, repeats: int
 ) -> dict[str, dict[str, float]]:
-    """Cold and warm cache, paper default and nested: explanation ÷ passes × best per-image."""
+    """Cold and warm cache, paper default and nested: explanation ÷ passes × best per-image.
+
+    Every explanation is paired with a floor round taken just before it (the model's best batch
+    through ``model.predict``, and the onnxruntime session alone on converted input); a ratio is
+    per pair, and the table gives medians over images × repeats."""
+    from xaiserve.imaging.preprocess import to_network_input
+
     base = regional.RegionalPredictionDifferenceParams()
     passes = regional.cost(base, model.input_size)
-    floors = [pass_floor(model, images[0], max(repeats, 3))]
-    sessions = [session_floor(model, images[0], max(repeats, 3))]
-    timings: dict[str, dict[str, list[Any]]] = {}
+    batch = pass_floor(model, images[0], max(repeats, 3))[2]  # which batch is best, chosen once
+    session_batch = session_floor(model, images[0], max(repeats, 3))[2]
+
+    def floor(x: np.ndarray) -> tuple[float, float]:
+        return floor_round(model.predict, np.repeat(x[None], batch, axis=0))
+
+    def session(x: np.ndarray) -> tuple[float, float]:
+        batch_x = np.repeat(x[None], session_batch, axis=0)
+        net = to_network_input(batch_x, model.preprocessing)  # type: ignore[attr-defined]
+        return floor_round(model.batcher.runner, net)  # type: ignore[attr-defined]
+
+    out: dict[str, dict[str, float]] = {}
     for nested in (False, True):
         variant = "nested" if nested else "paper"
         params = params_from_mapping(
             regional.RegionalPredictionDifferenceParams, {"segmentation": {"nested": nested}}
         )
-        t: dict[str, list[Any]] = {"cold": [], "warm": [], "seg": []}
+        t: dict[str, list[Any]] = {k: [] for k in ("cold", "warm", "seg", "floor", "session")}
         for x in images:
             target = Target(int(np.argmax(model.predict(x[None])[0])))
-            t["cold"].append(min(explain_cold(model, x, target, params) for _ in range(repeats)))
             other = Target((target.index + 1) % model.num_classes)  # re-explain: another target
-            again = functools.partial(regional.explain, model, x, other, params)
-            warm = [cpu_and_wall(again) for _ in range(repeats)]
-            t["warm"].append((min(w for _, w in warm), min(c for c, _ in warm)))
-            seg = [cpu_and_wall(functools.partial(segment_cold, x, params)) for _ in range(repeats)]
-            t["seg"].append((min(w for _, w in seg), min(c for c, _ in seg)))
-        timings[variant] = t
-    floors.append(pass_floor(model, images[0], max(repeats, 3)))  # the least disturbed of two
-    sessions.append(session_floor(model, images[0], max(repeats, 3)))
-    session_img = min(f[0] for f in sessions)
-    wall_img = min(f[0] for f in floors)
-    cpu_img = min(f[1] for f in floors)
-    batch = min(floors)[2]
-    out: dict[str, dict[str, float]] = {}
-    for variant, t in timings.items():
-        cold = [w / (passes * wall_img) for w, _, _ in t["cold"]]
+            for _ in range(repeats):
+                f = floor(x)
+                w, c, s = explain_cold(model, x, target, params)
+                t["floor"].append(f)
+                t["cold"].append((w / (passes * f[0]), c / (passes * f[1]), s / w, w, c))
+                f = floor(x)
+                c, w = cpu_and_wall(functools.partial(regional.explain, model, x, other, params))
+                t["floor"].append(f)
+                sf = session(x)
+                t["session"].append(sf)
+                t["warm"].append((w / (passes * f[0]), c / (passes * f[1]), w / (passes * sf[0])))
+                c, w = cpu_and_wall(functools.partial(segment_cold, x, params))
+                t["seg"].append((w / t["cold"][-1][3], c / t["cold"][-1][4]))
+        med = statistics.median
         out[variant] = {
             "passes": float(passes),
-            "fwd_ms": 1e3 * wall_img,
-            "cpu_ms": 1e3 * cpu_img,
+            "fwd_ms": 1e3 * med(f[0] for f in t["floor"]),
+            "cpu_ms": 1e3 * med(f[1] for f in t["floor"]),
             "batch": float(batch),
-            "cold": statistics.median(cold),
-            "cold_worst": max(cold),
-            "cold_cpu": statistics.median(c / (passes * cpu_img) for _, c, _ in t["cold"]),
-            "wait": statistics.median(s / w for w, _, s in t["cold"]),
-            "warm": statistics.median(w / (passes * wall_img) for w, _ in t["warm"]),
-            "session_ms": 1e3 * session_img,
-            "session_batch": float(min(sessions)[2]),
-            "warm_session": statistics.median(w / (passes * session_img) for w, _ in t["warm"]),
-            "warm_cpu": statistics.median(c / (passes * cpu_img) for _, c in t["warm"]),
-            "seg": statistics.median(
-                sw / cw for (sw, _), (cw, _, _) in zip(t["seg"], t["cold"], strict=True)
-            ),
-            "seg_cpu": statistics.median(
-                sc / cc for (_, sc), (_, cc, _) in zip(t["seg"], t["cold"], strict=True)
-            ),
+            "pairs": float(len(t["cold"])),
+            "cold": med(r[0] for r in t["cold"]),
+            "cold_worst": max(r[0] for r in t["cold"]),
+            "cold_cpu": med(r[1] for r in t["cold"]),
+            "wait": med(r[2] for r in t["cold"]),
+            "warm": med(r[0] for r in t["warm"]),
+            "warm_worst": max(r[0] for r in t["warm"]),
+            "warm_cpu": med(r[1] for r in t["warm"]),
+            "session_ms": 1e3 * med(f[0] for f in t["session"]),
+            "session_batch": float(session_batch),
+            "warm_session": med(r[2] for r in t["warm"]),
+            "seg": med(r[0] for r in t["seg"]),
+            "seg_cpu": med(r[1] for r in t["seg"]),
         }
     return out
 
 
+def session_configs(threads: Sequence[int], workers: Sequence[int]) -> list[tuple[int, int]]:
+    """The server configurations (``intra_op_threads``, ``inference_workers``) to run: threads 0
+    (every core) runs one batch at a time; workers 0 means as many batches as fill the cores."""
+    cores = os.cpu_count() or 1
+    out: list[tuple[int, int]] = []
+    for t in threads:
+        for w in workers:
+            config = (0, 1) if t == 0 else (t, w or max(1, cores // t))
+            if config not in out:
+                out.append(config)
+    return out
+
+
+class SessionFloor:
+    """The hardware's best-batch passes/s, in the benchmark's own process: onnxruntime sessions
+    alone on converted input, for each configuration the server runs (one session on every
+    core; ``w`` sessions of ``t`` threads side by side). The best batch (≤ the server's
+    ``max_batch_size``) is chosen once per configuration; :meth:`round` then times one round of
+    every configuration, and the floor of a row is the best of them (the strictest)."""
+
+    def __init__(
+        self, onnx_path: Path, x: np.ndarray, configs: Sequence[tuple[int, int]], max_batch: int
+    ) -> None:
+        from _common import ort_session
+
+        self.configs = list(configs)
+        self.sessions = {
+            c: [ort_session(onnx_path, c[0]) for _ in range(c[1])] for c in self.configs
+        }
+        self.name = self.sessions[self.configs[0]][0].get_inputs()[0].name
+        self.x = x
+        self.batch: dict[tuple[int, int], int] = {}
+        for c in self.configs:
+            sizes = [b for b in BATCH_SIZES if b <= max_batch] or [1]
+            best = min((min(self._time(c, b) for _ in range(2)), b) for b in sizes)
+            self.batch[c] = best[1]
+
+    def _time(self, config: tuple[int, int], batch: int) -> float:
+        """Wall seconds per image: ``FLOOR_IMAGES`` images split over the configuration's
+        sessions, each running batches of ``batch`` in its own thread."""
+        import threading
+
+        xb = np.repeat(self.x, batch, axis=0)
+        sessions = self.sessions[config]
+        calls = max(1, FLOOR_IMAGES // (batch * len(sessions)))
+        for s in sessions:
+            s.run(None, {self.name: xb})
+
+        def work(s: Any) -> None:
+            for _ in range(calls):
+                s.run(None, {self.name: xb})
+
+        threads = [threading.Thread(target=work, args=(s,)) for s in sessions]
+        start = time.perf_counter()
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join()
+        return (time.perf_counter() - start) / (calls * batch * len(sessions))
+
+    def round(self) -> dict[tuple[int, int], float]:
+        """One round of every configuration at its best batch: wall seconds per image."""
+        return {c: self._time(c, self.batch[c]) for c in self.configs}
+
+
 def bench_concurrency(
     name: str,
+    model: Any,
     onnx_path: Path,
     clients: Sequence[int],
     per_client: int,
-    floor_wall: float,
     floor_cpu: float,
     intra_op: Sequence[int] = (0,),
     seg_workers: int = 0,
-    inference_workers: Sequence[int] = (1,),
+    inference_workers: Sequence[int] = (0,),
     max_batch: int = 32,
 ) -> list[dict[str, Any]]:
     """Explanations/s × passes ÷ best-batch passes/s through a server process, cold and warm,
-    for each onnxruntime ``intra_op_threads`` setting of the server (0: every core) and each
-    ``inference_workers`` (batches run at once; more than one only with a set thread count),
-    with ``segmentation_workers`` = ``seg_workers`` (0: the server's default, half the cores)."""
+    for each server configuration of :func:`session_configs`, with ``segmentation_workers`` =
+    ``seg_workers`` (0: the server's default, half the cores). The floor of every row is the
+    best of the in-process :class:`SessionFloor` configurations, timed just before and just
+    after the row (the mean of the two rounds)."""
+    from xaiserve.imaging.preprocess import to_network_input
     from xaiserve.v1 import explain_pb2 as pb
 
     root = model_repo("light", onnx_path, 224, 1000, max_batch)
     modes = ("paper", "nested", "warm")
-    images = distinct_images(1 + len(modes) * per_client * sum(clients), seed=1)
+    configs = session_configs(intra_op, inference_workers)
+    images = distinct_images(1 + len(modes) * per_client * sum(clients) * len(configs), seed=1)
     tensors = [
         pb.Image(
             tensor=pb.Tensor(
@@ -229,23 +322,25 @@ def bench_concurrency(
         )
         for x in images
     ]
+    x_net = to_network_input(images[:1], model.preprocessing)
+    floor = SessionFloor(onnx_path, x_net, configs, max_batch)
     rows: list[dict[str, Any]] = []
-    for threads in intra_op:
-        for workers in inference_workers:
-            if threads == 0 and workers > 1:
-                continue  # every core per batch, several batches at once: oversubscribed
-            rows += serve_clients(
-                root,
-                modes,
-                tensors,
-                clients,
-                per_client,
-                floor_wall,
-                floor_cpu,
-                threads,
-                seg_workers,
-                workers,
-            )
+    used = 1  # image 0: the warm-up and the warm mode's image; cold rows never reuse one
+    for threads, workers in configs:
+        new, used = serve_clients(
+            root,
+            modes,
+            tensors,
+            used,
+            clients,
+            per_client,
+            floor,
+            floor_cpu,
+            threads,
+            seg_workers,
+            workers,
+        )
+        rows += new
     for row in rows:
         row["model"] = name
     return rows
@@ -257,9 +352,8 @@ SERVER_FLOOR_IMAGES = 96
 
 def server_floor(predict: Callable[[int], object], proc: Any) -> tuple[float, float]:
     """(wall, CPU) seconds per image of the server answering many concurrent Predict calls
-    (its batcher forms full batches), the better of two rounds. An upper bound of the server's
-    pass floor (it includes decoding and gRPC), taken beside the in-process floor because the
-    server process can run a network faster than the benchmark's own process does."""
+    (its batcher forms full batches), the better of two rounds. Printed beside the in-process
+    floor: it includes decoding and gRPC per image, so it is a loose bound."""
     import concurrent.futures
 
     best = (float("inf"), float("inf"))
@@ -278,17 +372,18 @@ def serve_clients(
     root: Path,
     modes: Sequence[str],
     tensors: list[Any],
+    used: int,
     clients: Sequence[int],
     per_client: int,
-    floor_wall: float,
+    floor: SessionFloor,
     floor_cpu: float,
     intra_op: int = 0,
     seg_workers: int = 0,
     inference_workers: int = 1,
-) -> list[dict[str, Any]]:
+) -> tuple[list[dict[str, Any]], int]:
     """One server process; for each mode and client count, ``clients × per_client``
-    explanations. The floor is the smaller of the in-process one and the server's own
-    (:func:`server_floor`): the stricter ratio."""
+    explanations (cold modes on images from ``used`` on). Returns the rows and the next unused
+    image."""
     import concurrent.futures
 
     import grpc
@@ -305,7 +400,6 @@ def serve_clients(
     )
     channel = grpc.insecure_channel(f"127.0.0.1:{server.port}")
     stub = pb_grpc.ExplainServiceStub(channel)
-    used = 1  # image 0: the warm-up and the warm mode's image; the cold modes never reuse one
 
     def explain(i: int, mode: str) -> int:
         seg = pb.SegmentationParams(nested=mode != "paper")
@@ -325,12 +419,12 @@ def serve_clients(
     try:
         proc = psutil.Process(server.proc.pid)
         explain(0, "warm")  # warm-up
-        server_wall, server_cpu = server_floor(predict, proc)
-        wall_img, cpu_img = min(floor_wall, server_wall), min(floor_cpu, server_cpu)
+        server_wall, _ = server_floor(predict, proc)
         for mode in modes:
             for n in clients:
                 total = n * per_client
                 first, used = used, used + total
+                before = floor.round()
                 cpu0 = sum(proc.cpu_times()[:2])
                 start = time.perf_counter()
                 with concurrent.futures.ThreadPoolExecutor(n) as pool:
@@ -339,6 +433,10 @@ def serve_clients(
                     )
                 elapsed = time.perf_counter() - start
                 cpu = sum(proc.cpu_times()[:2]) - cpu0
+                after = floor.round()
+                per_config = {c: (before[c] + after[c]) / 2 for c in before}
+                best = min(per_config, key=per_config.__getitem__)
+                wall_img = per_config[best]
                 per = statistics.mean(passes)
                 rows.append(
                     {
@@ -350,9 +448,10 @@ def serve_clients(
                         "explanations": total,
                         "per_s": total / elapsed,
                         "ratio": total / elapsed * per * wall_img,
-                        "cpu_ratio": per * cpu_img / (cpu / total),
+                        "cpu_ratio": per * floor_cpu / (cpu / total),
                         "passes": per,
-                        "fwd_ms": 1e3 * floor_wall,
+                        "fwd_ms": 1e3 * wall_img,
+                        "floor_config": _config_name(best, floor.batch[best]),
                         "server_ms": 1e3 * server_wall,
                         "load": load_avg(),
                     }
@@ -360,7 +459,12 @@ def serve_clients(
     finally:
         channel.close()
         server.close()
-    return rows
+    return rows, used
+
+
+def _config_name(config: tuple[int, int], batch: int) -> str:
+    threads = config[0] or (os.cpu_count() or 1)
+    return f"{config[1]}×{threads}t b{batch}"
 
 
 class ObjectModel:
@@ -458,24 +562,26 @@ def print_segmentation(
             " per-image time), wall and process CPU. Cold: empty cache; warm: the same image"
             " re-explained for another target. seg share: segmentation alone ÷ explanation;"
             " seg wait: time the explanation blocked on segmentation ÷ explanation. Goals:"
-            " cold ≤ 1.3 with nested scales, warm ≤ 1.05. The floor goes through model.predict"
-            " (batcher and preprocessing included); session: the stricter floor of the"
-            " onnxruntime session alone on pre-converted input (best batch), and warm wall ÷"
-            " passes × it."
+            " cold ≤ 1.3 with nested scales, warm ≤ 1.05. Each explanation is paired with a"
+            " floor round of 64 images taken just before it (medians over the pairs; the"
+            " worst pair in brackets); the floor goes through model.predict (batcher and"
+            " preprocessing included); session: the stricter floor of the onnxruntime session"
+            " alone on pre-converted input (best batch), and warm wall ÷ passes × it."
         )
         print(
-            "| model | fwd ms/img wall, CPU (batch) | scales | cold wall (worst) | cold CPU"
-            " | seg share wall / CPU | seg wait | warm wall | warm CPU"
+            "| model | fwd ms/img wall, CPU (batch) | pairs | scales | cold wall (worst) | cold CPU"
+            " | seg share wall / CPU | seg wait | warm wall (worst) | warm CPU"
             " | session ms/img (batch) | warm wall ÷ session | load 1/5 min |"
         )
-        print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+        print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
         for name, (variants, load) in caches.items():
             for variant, r in variants.items():
                 print(
-                    f"| {name} | {r['fwd_ms']:.2f}, {r['cpu_ms']:.2f} ({r['batch']:.0f}) | {variant} "
+                    f"| {name} | {r['fwd_ms']:.2f}, {r['cpu_ms']:.2f} ({r['batch']:.0f}) "
+                    f"| {r['pairs']:.0f} | {variant} "
                     f"| {r['cold']:.2f} ({r['cold_worst']:.2f}) | {r['cold_cpu']:.2f} "
                     f"| {r['seg']:.2f} / {r['seg_cpu']:.2f} | {r['wait']:.2f} "
-                    f"| {r['warm']:.2f} | {r['warm_cpu']:.2f} "
+                    f"| {r['warm']:.2f} ({r['warm_worst']:.2f}) | {r['warm_cpu']:.2f} "
                     f"| {r['session_ms']:.2f} ({r['session_batch']:.0f}) "
                     f"| {r['warm_session']:.2f} | {load} |"
                 )
@@ -484,21 +590,27 @@ def print_segmentation(
             "\nConcurrent clients on the light models (server process; ORT threads × batches:"
             " the server's intra_op_threads × inference_workers; seg workers: its"
             " segmentation_workers): explanations/s ×"
-            " passes ÷ best-batch passes/s (wall; the floor is the smaller of the in-process one"
-            " with every core and the server's answering 96 concurrent Predict calls), and"
-            " passes × CPU per pass ÷ server CPU per explanation. paper/nested:"
+            " passes ÷ best-batch passes/s (wall). The floor: onnxruntime sessions alone in the"
+            " benchmark's process on converted input, in each configuration the table runs"
+            " (one session on every core; sessions of one thread side by side) at its best"
+            " batch, timed just before and after each row; the row uses the best configuration"
+            " (floor column: sessions × threads, batch). The server's own floor (96 concurrent"
+            " Predict calls, decoding and gRPC per image included) is printed beside it. Ratio"
+            " CPU: passes × CPU per pass (in-process) ÷ server CPU per explanation. paper/nested:"
             " every request a new image (cold cache); warm: one image, other targets."
             " Goal ≥ 0.8."
         )
         print(
-            "| model | floor ms/img in-process / server | scales | ORT threads × batches"
+            "| model | floor ms/img (sessions × threads, batch) / server Predict | scales"
+            " | ORT threads × batches"
             " | seg workers | clients | explanations | expl/s | ratio wall | ratio CPU | passes"
             " | load |"
         )
         print("|---|---|---|---|---|---|---|---|---|---|---|---|")
         for r in concurrency:
             print(
-                f"| {r['model']} | {r['fwd_ms']:.2f} / {r['server_ms']:.2f} | {r['mode']} "
+                f"| {r['model']} | {r['fwd_ms']:.2f} ({r['floor_config']}) / {r['server_ms']:.2f} "
+                f"| {r['mode']} "
                 f"| {r['threads']} × {r['inference_workers']} | {r['seg_workers']} "
                 f"| {r['clients']} | {r['explanations']} "
                 f"| {r['per_s']:.2f} "

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from xaiserve.config import Settings, env_names
-from xaiserve.models.config import ConfigError, load_config
+from xaiserve.models.config import ConfigError, ExecutionConfig, load_config
 
 GOOD = """
 description = "x"
@@ -103,3 +103,31 @@ def test_model_config_missing_and_malformed_files(tmp_path: Path) -> None:
     bad.write_text("[input\nheight=")
     with pytest.raises(ConfigError, match="not valid TOML"):
         load_config(bad)
+
+
+def test_model_config_execution_overrides(tmp_path: Path) -> None:
+    path = tmp_path / "config.toml"
+    path.write_text(GOOD)
+    assert load_config(path).execution == ExecutionConfig(intra_op_threads=0, workers=0)
+    path.write_text(GOOD + "[execution]\nintra_op_threads = 1\nworkers = 4\n")
+    assert load_config(path).execution == ExecutionConfig(intra_op_threads=1, workers=4)
+
+
+@pytest.mark.parametrize(
+    ("section", "message"),
+    [
+        ("[execution]\nworkers = 65\n", "execution.workers must be at most 64"),
+        ("[execution]\nintra_op_threads = -1\n", "execution.intra_op_threads must be a non-neg"),
+        ("[execution]\nthreads = 2\n", "execution.threads is not a known field"),
+        (
+            '[execution]\nworkers = 2\n[backend]\nkind = "oip"\nurl = "h:1"\nmodel_name = "m"\n',
+            "applies to a local onnxruntime model",
+        ),
+    ],
+)
+def test_model_config_execution_errors(tmp_path: Path, section: str, message: str) -> None:
+    path = tmp_path / "config.toml"
+    path.write_text(GOOD + section)
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert message in str(info.value)

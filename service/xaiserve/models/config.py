@@ -47,6 +47,21 @@ class BatchingConfig:
 
 
 @dataclass(frozen=True)
+class ExecutionConfig:
+    """``[execution]``: how a local onnxruntime version runs its batches, overriding the server's
+    ``intra_op_threads`` and ``inference_workers`` for this model (0 = the server's setting).
+
+    Light networks run best as one single-threaded batch per core (``intra_op_threads = 1``,
+    ``workers`` = cores): a batch split across the cores waits at every operator for the core
+    that segmentation or another request holds. Heavy networks gain from intra-op threads, so
+    the choice is the model's, like Triton's per-model instance groups.
+    """
+
+    intra_op_threads: int = 0
+    workers: int = 0
+
+
+@dataclass(frozen=True)
 class TorchConfig:
     """An operator-registered PyTorch module: ``entry_point`` = ``"package.module:factory"``
     (called with no arguments, returns an ``nn.Module``), ``weights`` = a state-dict file in
@@ -69,6 +84,7 @@ class ModelConfig:
     input: InputConfig
     output: OutputConfig
     batching: BatchingConfig = BatchingConfig()
+    execution: ExecutionConfig = ExecutionConfig()
     torch: TorchConfig | None = None
     backend: BackendConfig = BackendConfig()
     description: str = ""
@@ -90,7 +106,16 @@ def load_config(path: Path) -> ModelConfig:
 
 def parse_config(raw: dict[str, Any], where: str) -> ModelConfig:
     r = _Reader(raw, where)
-    known_top = {"description", "sha256", "input", "output", "batching", "torch", "backend"}
+    known_top = {
+        "description",
+        "sha256",
+        "input",
+        "output",
+        "batching",
+        "execution",
+        "torch",
+        "backend",
+    }
     r.no_unknown(raw, known_top, "")
     inp = r.table("input", required=True)
     r.no_unknown(
@@ -161,6 +186,7 @@ def parse_config(raw: dict[str, Any], where: str) -> ModelConfig:
         r.fail("batching.max_batch_size", f"must be at most {MAX_BATCH_SIZE}")
     if batching.max_queue_delay_ms > MAX_QUEUE_DELAY_MS:
         r.fail("batching.max_queue_delay_ms", f"must be at most {MAX_QUEUE_DELAY_MS:g}")
+    execution = _execution(r)
     torch_cfg = None
     tor = r.table("torch", required=False)
     if tor:
@@ -175,12 +201,20 @@ def parse_config(raw: dict[str, Any], where: str) -> ModelConfig:
     sha256 = r.string(raw, "sha256", "").lower()
     if sha256 and (len(sha256) != 64 or any(c not in "0123456789abcdef" for c in sha256)):
         r.fail("sha256", "must be 64 hexadecimal digits")
+    backend = _backend(r)
+    if backend.kind != "onnx" and execution != ExecutionConfig():
+        r.fail(
+            "[execution]",
+            "applies to a local onnxruntime model; a remote model's concurrency is "
+            "backend.max_concurrency",
+        )
     return ModelConfig(
         input=input_cfg,
         output=output_cfg,
         batching=batching,
+        execution=execution,
         torch=torch_cfg,
-        backend=_backend(r),
+        backend=backend,
         description=r.string(raw, "description", ""),
         sha256=sha256,
     )
@@ -209,6 +243,24 @@ _OIP_FIELDS = {
     "circuit_reset_ms",
     "probe_interval_ms",
 }
+
+
+MAX_EXECUTION_WORKERS = 64
+"""The server's own bound on ``inference_workers``."""
+
+MAX_INTRA_OP_THREADS = 1024
+
+
+def _execution(r: _Reader) -> ExecutionConfig:
+    e = r.table("execution", required=False)
+    r.no_unknown(e, {"intra_op_threads", "workers"}, "execution.")
+    threads = r.nonnegative_int(e, "execution.intra_op_threads", 0)
+    workers = r.nonnegative_int(e, "execution.workers", 0)
+    if threads > MAX_INTRA_OP_THREADS:
+        r.fail("execution.intra_op_threads", f"must be at most {MAX_INTRA_OP_THREADS}")
+    if workers > MAX_EXECUTION_WORKERS:
+        r.fail("execution.workers", f"must be at most {MAX_EXECUTION_WORKERS}")
+    return ExecutionConfig(intra_op_threads=threads, workers=workers)
 
 
 def _backend(r: _Reader) -> BackendConfig:

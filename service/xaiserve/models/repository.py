@@ -218,7 +218,7 @@ class ModelRepository:
                 onnx_path,
                 input_name=config.input.name,
                 providers=self.settings.providers,
-                threads=self.settings.intra_op_threads,
+                threads=config.execution.intra_op_threads or self.settings.intra_op_threads,
             )
         )
         batcher = DynamicBatcher(
@@ -231,7 +231,7 @@ class ModelRepository:
             budget=self.budget,
             metrics=self.metrics,
             interactive_runner=self._interactive_runner(session, onnx_path, config),
-            workers=self.settings.inference_workers,
+            workers=config.execution.workers or self.settings.inference_workers,
         )
         model = Model(
             name=name,
