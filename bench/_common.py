@@ -123,10 +123,12 @@ def model_repo(
     std: Sequence[float] = IMAGENET_STD,
     value_range: Sequence[float] = (0.0, 1.0),
     delay_ms: float = 2.0,
+    execution: tuple[int, int] | None = None,
 ) -> Path:
     """A one-model repository ``root/name/1`` (``model.onnx`` + ``config.toml``); returns ``root``.
 
     ``root`` defaults to ``cache_dir()/repos/name``. The config is ImageNet-style unless told.
+    ``execution`` = (``intra_op_threads``, ``workers``) writes the model's ``[execution]``.
     """
     root = root if root is not None else cache_dir() / "repos" / name
     folder = root / name / "1"
@@ -146,7 +148,12 @@ def model_repo(
         f'[input]\nheight = {size}\nwidth = {size}\nlayout = "NCHW"\n'
         f"value_range = {list(value_range)}\nmean = {list(mean)}\nstd = {list(std)}\n"
         f'[output]\nkind = "logits"\nlabels = [{label_list}]\n'
-        f"[batching]\nmax_batch_size = {max_batch}\nmax_queue_delay_ms = {delay_ms}\n",
+        f"[batching]\nmax_batch_size = {max_batch}\nmax_queue_delay_ms = {delay_ms}\n"
+        + (
+            f"[execution]\nintra_op_threads = {execution[0]}\nworkers = {execution[1]}\n"
+            if execution
+            else ""
+        ),
         encoding="utf-8",
     )
     return root

@@ -26,7 +26,7 @@ from xaiserve.methods import regional_prediction_difference as regional
 from xaiserve.methods.base import BlackBoxModel, Target
 from xaiserve.methods.params import params_from_mapping
 
-BATCH_SIZES = (1, 4, 16, 32)
+BATCH_SIZES = (1, 2, 4, 8, 16, 32)
 LIGHT_ARCHS = ("mobilenet_v3_small", "efficientnet_b0")
 """The light 224² networks beside ResNet-50 (torchvision, seed 0, random weights). The issue's
 premise is ≈ 8 ms/image; each network's measured ms/image is printed beside its figures."""
@@ -65,10 +65,16 @@ def cpu_and_wall(fn: Callable[[], object]) -> tuple[float, float]:
     return time.process_time() - c, time.perf_counter() - t
 
 
+def _sizes(model: Any) -> list[int]:
+    """The batch sizes to try: up to the model's ``max_batch_size`` (larger ones are split)."""
+    cap = getattr(getattr(model, "batcher", None), "max_batch_size", max(BATCH_SIZES))
+    return [b for b in BATCH_SIZES if b <= cap] or [1]
+
+
 def pass_floor(model: BlackBoxModel, image: np.ndarray, repeats: int) -> tuple[float, float, int]:
     """Best (wall, CPU) seconds per image over the batch sizes, and the best batch size."""
     best = (float("inf"), float("inf"), 1)
-    for b in BATCH_SIZES:
+    for b in _sizes(model):
         batch = np.repeat(image[None], b, axis=0)
         model.predict(batch)
         runs = [cpu_and_wall(functools.partial(model.predict, batch)) for _ in range(repeats)]
@@ -86,7 +92,7 @@ def session_floor(model: Any, image: np.ndarray, repeats: int) -> tuple[float, f
     from xaiserve.imaging.preprocess import to_network_input
 
     best = (float("inf"), float("inf"), 1)
-    for b in BATCH_SIZES:
+    for b in _sizes(model):
         x = to_network_input(np.repeat(image[None], b, axis=0), model.preprocessing)
         model.batcher.runner(x)
         runs = [cpu_and_wall(functools.partial(model.batcher.runner, x)) for _ in range(repeats)]
@@ -144,14 +150,27 @@ FLOOR_IMAGES = 64
 """Images per floor round (about an explanation's 63 passes)."""
 
 
-def floor_round(predict: Callable[[np.ndarray], object], x: np.ndarray) -> tuple[float, float]:
+def floor_round(
+    predict: Callable[[np.ndarray], object], x: np.ndarray, threads: int = 1
+) -> tuple[float, float]:
     """(wall, CPU) seconds per image of one floor round: ``predict(x)`` (a batch of the best
-    size) repeated until ``FLOOR_IMAGES`` images have passed. Taken right beside the explanation
-    it is compared with, so that both see the same machine (its speed drifts by ±10–20 % from
-    minute to minute on a shared VM)."""
-    calls = max(1, FLOOR_IMAGES // len(x))
-    cpu, wall = cpu_and_wall(lambda: [predict(x) for _ in range(calls)])
+    size) until ``FLOOR_IMAGES`` images have passed, from ``threads`` callers at once (one per
+    batch the model runs at a time, so that every one of its workers is busy). Taken right
+    beside the explanation it is compared with, so that both see the same machine (its speed
+    drifts by ±10–20 % from minute to minute on a shared VM)."""
+    import concurrent.futures
+
+    calls = max(threads, FLOOR_IMAGES // len(x))
+    with concurrent.futures.ThreadPoolExecutor(threads) as pool:
+        cpu, wall = cpu_and_wall(lambda: list(pool.map(lambda _: predict(x), range(calls))))
     return wall / (calls * len(x)), cpu / (calls * len(x))
+
+
+def execution_of(model: Any) -> tuple[int, int]:
+    """(``intra_op_threads``, batches at once) of an in-process model: its ``[execution]``, else
+    the defaults of in-process use (every core, one batch)."""
+    execution = model.config.execution
+    return (execution.intra_op_threads, execution.workers or 1)
 
 
 def bench_cache(
@@ -167,15 +186,20 @@ def bench_cache(
     base = regional.RegionalPredictionDifferenceParams()
     passes = regional.cost(base, model.input_size)
     batch = pass_floor(model, images[0], max(repeats, 3))[2]  # which batch is best, chosen once
-    session_batch = session_floor(model, images[0], max(repeats, 3))[2]
+    config = execution_of(model)
+    x_net = to_network_input(images[:1], model.preprocessing)  # type: ignore[attr-defined]
+    sessions = SessionFloor(
+        model.folder / "model.onnx",  # type: ignore[attr-defined]
+        x_net,
+        [config],
+        model.batcher.max_batch_size,  # type: ignore[attr-defined]
+    )
 
     def floor(x: np.ndarray) -> tuple[float, float]:
-        return floor_round(model.predict, np.repeat(x[None], batch, axis=0))
+        return floor_round(model.predict, np.repeat(x[None], batch, axis=0), config[1])
 
     def session(x: np.ndarray) -> tuple[float, float]:
-        batch_x = np.repeat(x[None], session_batch, axis=0)
-        net = to_network_input(batch_x, model.preprocessing)  # type: ignore[attr-defined]
-        return floor_round(model.batcher.runner, net)  # type: ignore[attr-defined]
+        return sessions.round(1)[config], 0.0
 
     out: dict[str, dict[str, float]] = {}
     for nested in (False, True):
@@ -215,7 +239,7 @@ def bench_cache(
             "warm_worst": max(r[0] for r in t["warm"]),
             "warm_cpu": med(r[1] for r in t["warm"]),
             "session_ms": 1e3 * med(f[0] for f in t["session"]),
-            "session_batch": float(session_batch),
+            "session_batch": float(sessions.batch[config]),
             "warm_session": med(r[2] for r in t["warm"]),
             "seg": med(r[0] for r in t["seg"]),
             "seg_cpu": med(r[1] for r in t["seg"]),
@@ -283,9 +307,14 @@ class SessionFloor:
             th.join()
         return (time.perf_counter() - start) / (calls * batch * len(sessions))
 
-    def round(self) -> dict[tuple[int, int], float]:
-        """One round of every configuration at its best batch: wall seconds per image."""
-        return {c: self._time(c, self.batch[c]) for c in self.configs}
+    def round(self, repeats: int = 1) -> dict[tuple[int, int], float]:
+        """Wall seconds per image of every configuration at its best batch, the median of
+        ``repeats`` interleaved rounds."""
+        times: dict[tuple[int, int], list[float]] = {c: [] for c in self.configs}
+        for _ in range(repeats):
+            for c in self.configs:
+                times[c].append(self._time(c, self.batch[c]))
+        return {c: statistics.median(v) for c, v in times.items()}
 
 
 def bench_concurrency(
@@ -299,18 +328,22 @@ def bench_concurrency(
     seg_workers: int = 0,
     inference_workers: Sequence[int] = (0,),
     max_batch: int = 32,
+    execution: tuple[int, int] | None = None,
 ) -> list[dict[str, Any]]:
     """Explanations/s × passes ÷ best-batch passes/s through a server process, cold and warm,
     for each server configuration of :func:`session_configs`, with ``segmentation_workers`` =
-    ``seg_workers`` (0: the server's default, half the cores). The floor of every row is the
-    best of the in-process :class:`SessionFloor` configurations, timed just before and just
-    after the row (the mean of the two rounds)."""
+    ``seg_workers`` (0: the server's default, half the cores); with ``execution`` (the model's
+    ``[execution]``, which overrides the server's settings) that configuration only. The floor
+    of every row is the best of the in-process :class:`SessionFloor` configurations (one session
+    on every core; one single-threaded session per core; and the row's own), timed just before
+    and just after the row (the mean of the two rounds)."""
     from xaiserve.imaging.preprocess import to_network_input
     from xaiserve.v1 import explain_pb2 as pb
 
-    root = model_repo("light", onnx_path, 224, 1000, max_batch)
+    root = model_repo("light", onnx_path, 224, 1000, max_batch, execution=execution)
     modes = ("paper", "nested", "warm")
-    configs = session_configs(intra_op, inference_workers)
+    configs = [execution] if execution else session_configs(intra_op, inference_workers)
+    floor_configs = list(dict.fromkeys([*session_configs((0, 1), (0,)), *configs]))
     images = distinct_images(1 + len(modes) * per_client * sum(clients) * len(configs), seed=1)
     tensors = [
         pb.Image(
@@ -323,7 +356,7 @@ def bench_concurrency(
         for x in images
     ]
     x_net = to_network_input(images[:1], model.preprocessing)
-    floor = SessionFloor(onnx_path, x_net, configs, max_batch)
+    floor = SessionFloor(onnx_path, x_net, floor_configs, max_batch)
     rows: list[dict[str, Any]] = []
     used = 1  # image 0: the warm-up and the warm mode's image; cold rows never reuse one
     for threads, workers in configs:
@@ -345,6 +378,9 @@ def bench_concurrency(
         row["model"] = name
     return rows
 
+
+FLOOR_REPEATS = 3
+"""Floor rounds before and after each concurrency row (each configuration's median is used)."""
 
 SERVER_FLOOR_IMAGES = 96
 """Predict calls (from 32 client threads) that measure the server's own best-batch floor."""
@@ -424,7 +460,7 @@ def serve_clients(
             for n in clients:
                 total = n * per_client
                 first, used = used, used + total
-                before = floor.round()
+                before = floor.round(FLOOR_REPEATS)
                 cpu0 = sum(proc.cpu_times()[:2])
                 start = time.perf_counter()
                 with concurrent.futures.ThreadPoolExecutor(n) as pool:
@@ -433,7 +469,7 @@ def serve_clients(
                     )
                 elapsed = time.perf_counter() - start
                 cpu = sum(proc.cpu_times()[:2]) - cpu0
-                after = floor.round()
+                after = floor.round(FLOOR_REPEATS)
                 per_config = {c: (before[c] + after[c]) / 2 for c in before}
                 best = min(per_config, key=per_config.__getitem__)
                 wall_img = per_config[best]

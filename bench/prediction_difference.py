@@ -131,10 +131,17 @@ def load_resnet50() -> Model:
     return load_onnx(workdir(), "resnet50", torchvision_onnx("resnet50"), 224, delay_ms=1.0)
 
 
-def load_light(arch: str, max_batch: int = 32) -> Model:
-    """torchvision ``arch`` (seed 0, random weights) at 224², exported like the others."""
+def load_light(arch: str, max_batch: int = 32, execution: tuple[int, int] | None = None) -> Model:
+    """torchvision ``arch`` (seed 0, random weights) at 224², exported like the others, with
+    ``execution`` as its ``[execution]`` (intra_op_threads, workers) when given."""
     return load_onnx(
-        workdir(), arch, torchvision_onnx(arch), 224, max_batch=max_batch, delay_ms=1.0
+        workdir(),
+        arch,
+        torchvision_onnx(arch),
+        224,
+        max_batch=max_batch,
+        delay_ms=1.0,
+        execution=execution,
     )
 
 
@@ -350,6 +357,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         "per-device setting: set it to the best batch the floor finds",
     )
     parser.add_argument(
+        "--light-execution",
+        default="",
+        help="the light models' [execution] as THREADS,WORKERS (in-process and server; the"
+        " concurrency table then runs that configuration only); e.g. 1,2 on 2 cores: one"
+        " single-threaded batch per core",
+    )
+    parser.add_argument(
         "--faithfulness",
         type=int,
         default=60,
@@ -372,6 +386,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.repeats = args.repeats or small or 2
     args.per_client = args.per_client or small or 3
     args.models = args.models or "demo,resnet50,light"
+    execution = (
+        (int(args.light_execution.split(",")[0]), int(args.light_execution.split(",")[1]))
+        if args.light_execution
+        else None
+    )
     print(f"load average at start (1/5 min, {os.cpu_count()} cores): {load_avg()}")
     results: dict[str, tuple[dict[str, Any], dict[str, Any] | None]] = {}
     caches: dict[str, tuple[dict[str, dict[str, float]], str]] = {}
@@ -386,7 +405,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             images = shapes.heldout(args.images).images.astype(np.float32)
         else:
             model = (
-                load_light(name, args.light_max_batch) if name in LIGHT_ARCHS else load_resnet50()
+                load_light(name, args.light_max_batch, execution)
+                if name in LIGHT_ARCHS
+                else load_resnet50()
             )
             images = natural_images(args.images, 224)
         print(f"[{name}] regional …", flush=True)
@@ -413,6 +434,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 args.server_segmentation_workers,
                 [int(w) for w in args.server_inference_workers.split(",") if w],
                 args.light_max_batch,
+                execution,
             )
         pix = None
         if not args.no_pixelwise:
