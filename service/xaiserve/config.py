@@ -16,6 +16,9 @@ from typing import Any, get_type_hints
 ENV_PREFIX = "XAISERVE_"
 DEFAULT_PORT = 50051
 DEFAULT_METRICS_PORT = 9464
+MAX_INFERENCE_WORKERS = 64
+"""Upper bound on ``inference_workers`` (and a model's ``[execution] workers``): each worker is
+a thread holding its own onnxruntime session, so more than this is a mistake, not a machine."""
 
 
 def _default_data_dir() -> str:
@@ -195,8 +198,8 @@ class Settings:
             )
         if not 0 <= self.port < 65536 or not 0 <= self.metrics_port < 65536:
             raise ValueError("ports must be within 0..65535")
-        if not 1 <= self.inference_workers <= 64:
-            raise ValueError("setting inference_workers must be in 1..64")
+        if not 1 <= self.inference_workers <= MAX_INFERENCE_WORKERS:
+            raise ValueError(f"setting inference_workers must be in 1..{MAX_INFERENCE_WORKERS}")
         if self.segmentation_cache_bytes < 0 or self.segmentation_workers < 0:
             raise ValueError(
                 "settings segmentation_cache_bytes and segmentation_workers must not be negative"

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, cast
 
+from xaiserve.config import MAX_INFERENCE_WORKERS
 from xaiserve.contracts.input import InputConfig
 from xaiserve.runtime.oip_config import OIP_DATATYPES, OipConfig
 
@@ -245,10 +246,12 @@ _OIP_FIELDS = {
 }
 
 
-MAX_EXECUTION_WORKERS = 64
+MAX_EXECUTION_WORKERS = MAX_INFERENCE_WORKERS
 """The server's own bound on ``inference_workers``."""
 
 MAX_INTRA_OP_THREADS = 1024
+"""Upper bound on ``execution.intra_op_threads``: far above any machine's cores, low enough that
+a typo (an extra digit or two) is refused at load instead of spawning thousands of threads."""
 
 
 def _execution(r: _Reader) -> ExecutionConfig:
