@@ -82,7 +82,7 @@ class Settings:
     max_image_pixels: int = 0  # 0 = sized to the models served (see effective_max_image_pixels)
     allowed_image_formats: tuple[str, ...] = ("PNG", "JPEG")
     max_stream_images: int = 10_000  # items per streaming RPC / data-set operation
-    intra_op_threads: int = 0  # onnxruntime threads per session; 0 = number of cores
+    intra_op_threads: int = 0  # onnxruntime threads per session; 0 = its cores, ≤ the CPU quota
     # batches a local model version runs at once (concurrent runs of its onnxruntime session);
     # with intra_op_threads = 1, one per core runs light networks one batch per core
     inference_workers: int = 1
@@ -106,7 +106,7 @@ class Settings:
     auth_tokens_file: str = ""  # one bearer token per line; set → auth required
     datasets_dir: str = ""  # server-side data-set folders for EvaluateDataset/FitGad ("" = none)
     segmentation_cache_bytes: int = 256 * 1024 * 1024  # LRU bound of the label cache; 0 = off
-    segmentation_workers: int = 0  # threads that segment; 0 = half the cores (at least 1)
+    segmentation_workers: int = 0  # threads that segment; 0 = half the usable CPUs (at least 1)
     # cpu | gpu | auto: SLIC on CUDA is opt-in and unverified on real GPUs; gpu/auto check it
     # against scikit-image at start and fall back to the CPU with a warning
     segmentation_device: str = "cpu"

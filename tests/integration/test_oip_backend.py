@@ -22,6 +22,7 @@ from PIL import Image
 from tests.oip_support import DEMO_VERSION, OipServer, write_remote_model
 from xaiserve.demo.shapes import render_sample
 from xaiserve.runtime.context import CLIENT_DEADLINE_SLACK
+from xaiserve.runtime.oip_config import OipConfig
 from xaiserve_client.v1 import explain_pb2 as pb
 from xaiserve_client.v1 import explain_pb2_grpc as pb_grpc
 
@@ -144,6 +145,9 @@ def test_oip_get_model_shows_the_remote(service: Any, oip_server: OipServer) -> 
     assert list(info.providers) == [f"oip:{oip_server.url}"]
     assert info.input.input_name == "input"  # filled from the remote's ModelMetadata
     assert "lrp" in info.methods and "regional_prediction_difference" in info.methods
+    # Its batches run as backend.max_concurrency calls in flight (the default), no local threads.
+    default = OipConfig(url="localhost:1", model_name="m").max_concurrency
+    assert (info.inference_workers, info.intra_op_threads) == (default, 0)
     only = stub.GetModel(pb.GetModelRequest(model="blackbox-only")).versions[0]
     assert list(only.backends) == ["oip"]
     assert "lrp" not in only.methods

@@ -409,6 +409,8 @@ class ModelVersion:
     methods: list[str]
     max_batch_size: int
     description: str
+    inference_workers: int = 0  # batches the version runs at once
+    intra_op_threads: int = 0  # onnxruntime threads per batch; 0 = onnxruntime's choice
 
     @property
     def ready(self) -> bool:
@@ -429,6 +431,8 @@ class ModelVersion:
             methods=list(message.methods),
             max_batch_size=int(message.max_batch_size),
             description=message.description,
+            inference_workers=int(message.inference_workers),
+            intra_op_threads=int(message.intra_op_threads),
         )
 
 

@@ -373,6 +373,8 @@ def version_info(v: VersionEntry) -> pb.ModelVersionInfo:
     info.providers.extend(model.providers)
     info.methods.extend(supported_methods(model))
     info.max_batch_size = model.max_batch_size
+    info.inference_workers = model.workers
+    info.intra_op_threads = model.intra_op_threads
     info.description = cfg.description
     return info
 

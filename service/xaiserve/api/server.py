@@ -35,7 +35,7 @@ from xaiserve.models.repository import ModelRepository
 from xaiserve.observability import Metrics, configure_logging
 from xaiserve.runtime import context as rctx
 from xaiserve.runtime.batcher import ImageBudget
-from xaiserve.runtime.cpus import available_cpus
+from xaiserve.runtime.cpus import available_cpus, half_the_cpus
 from xaiserve.runtime.thread_pools import configure_thread_pools
 from xaiserve_client.v1 import explain_pb2, explain_pb2_grpc
 
@@ -189,7 +189,7 @@ def create_server(
     metrics = Metrics(registry)
     segmenter = Segmenter(
         cache_bytes=settings.segmentation_cache_bytes,
-        workers=settings.segmentation_workers,
+        workers=settings.segmentation_workers or half_the_cpus(),
         device=settings.segmentation_device,  # type: ignore[arg-type]  # validated by Settings
         metrics=metrics,
         scope=rctx.current,

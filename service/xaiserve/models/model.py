@@ -60,6 +60,7 @@ class Model:
         batcher: DynamicBatcher,
         providers: list[str],
         input_name: str = "",
+        intra_op_threads: int = 0,
         torch_copies: int = 2,
         torch_batch_bytes: int = 256 * 2**20,
         remote: Any = None,
@@ -77,6 +78,7 @@ class Model:
         self.batcher = batcher
         self.providers = providers
         self.input_name = input_name
+        self.intra_op_threads = intra_op_threads  # onnxruntime's per batch; 0 = its own choice
         self._torch_copies = torch_copies
         self.torch_batch_bytes = torch_batch_bytes
         # A remote backend (``runtime.oip_backend.OipBackend``) serves the forward passes; white-box
@@ -108,6 +110,11 @@ class Model:
     @property
     def max_batch_size(self) -> int:
         return self.batcher.max_batch_size
+
+    @property
+    def workers(self) -> int:
+        """Batches this version runs at once."""
+        return self.batcher.workers
 
     def predict(
         self, images: ImageBatch | Iterable[ImageBatch], output: OutputSpace = "probabilities"

@@ -229,7 +229,7 @@ class VariantSet:
             base.folder / MODEL_FILE,
             input_name=base.config.input.name,
             providers=tuple(base.providers),
-            threads=_session_threads(base),
+            threads=base.intra_op_threads,
             model_bytes=data,
         )
         parent = base.batcher
@@ -247,14 +247,6 @@ class VariantSet:
     def close(self) -> None:
         for variant in self.variants:
             variant.close()
-
-
-def _session_threads(base: Model) -> int:
-    runner = getattr(base.batcher, "runner", None)
-    session = getattr(getattr(runner, "__self__", None), "session", None)
-    if session is None:
-        return 0
-    return int(session.get_session_options().intra_op_num_threads)
 
 
 def _load_graph(model: Model) -> onnx.ModelProto:

@@ -242,6 +242,7 @@ class ModelRepository:
             batcher=batcher,
             providers=list(session.providers),
             input_name=session.input_name,
+            intra_op_threads=session.intra_op_threads,
             torch_copies=self.settings.torch_copies,
             torch_batch_bytes=self.settings.torch_batch_bytes,
             artifact_folder=_artifact_folder(self.settings.artifacts_root, name, version),

@@ -130,6 +130,7 @@ class DynamicBatcher:
         self.runner = runner
         self.interactive_runner = interactive_runner
         self.max_batch_size = max_batch_size
+        self.workers = max(1, workers)  # bulk lanes: batches that run at once
         self.max_queue_delay_s = max_queue_delay_s
         self.budget = budget
         self._labels = {"model": model, "version": version}
@@ -148,7 +149,7 @@ class DynamicBatcher:
             threading.Thread(
                 target=self._loop, args=(lane,), name=f"batcher-{model}-{version}-{i}", daemon=True
             )
-            for i in range(max(1, workers))
+            for i in range(self.workers)
         ]
         if interactive_runner is not None:
             self._threads.append(

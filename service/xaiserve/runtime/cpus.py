@@ -32,17 +32,42 @@ def cgroup_cpu_limit(root: Path = CGROUP_ROOT) -> float | None:
     return None
 
 
-def available_cpus(root: Path = CGROUP_ROOT) -> int:
-    """CPUs this process can keep busy: ``sched_getaffinity`` (or ``cpu_count``), capped by the
-    cgroup quota rounded up; at least 1."""
+def _affinity_cpus() -> int:
     try:
-        cpus = len(os.sched_getaffinity(0))
+        return len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
-        cpus = os.cpu_count() or 1
-    limit = cgroup_cpu_limit(root)
+        return os.cpu_count() or 1
+
+
+def available_cpus(root: Path | None = None) -> int:
+    """CPUs this process can keep busy: ``sched_getaffinity`` (or ``cpu_count``), capped by the
+    cgroup quota rounded up; at least 1. ``root`` defaults to :data:`CGROUP_ROOT`."""
+    cpus = _affinity_cpus()
+    limit = cgroup_cpu_limit(CGROUP_ROOT if root is None else root)
     if limit is not None:
         cpus = min(cpus, math.ceil(limit))
     return max(1, cpus)
 
 
-__all__ = ["available_cpus", "cgroup_cpu_limit"]
+def default_intra_op_threads(root: Path | None = None) -> int:
+    """The intra-op thread count for an onnxruntime session whose setting is 0.
+
+    0 (onnxruntime's own choice: one thread per physical core, pinned) unless a cgroup CPU quota
+    allows fewer CPUs than the process's affinity; then the quota, rounded up. onnxruntime sizes
+    its default pool from the host's cores and cannot see a quota (microsoft/onnxruntime#29510),
+    so in a 4-CPU pod on a 64-core node every session would start 32 threads that then wait on
+    the quota."""
+    limit = cgroup_cpu_limit(CGROUP_ROOT if root is None else root)
+    if limit is None:
+        return 0
+    quota = max(1, math.ceil(limit))
+    return quota if quota < _affinity_cpus() else 0
+
+
+def half_the_cpus(root: Path | None = None) -> int:
+    """Half of :func:`available_cpus`, at least one: the default size of the segmentation pool,
+    so that segmentation never takes every core of the pod from inference."""
+    return max(1, available_cpus(root) // 2)
+
+
+__all__ = ["available_cpus", "cgroup_cpu_limit", "default_intra_op_threads", "half_the_cpus"]

@@ -11,6 +11,7 @@ import onnx
 import onnxruntime as ort
 
 from xaiserve.errors import InvalidInput
+from xaiserve.runtime.cpus import default_intra_op_threads
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +95,7 @@ class OnnxSession:
         options = ort.SessionOptions()
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         options.add_session_config_entry("session.inter_op.allow_spinning", "0")
-        options.intra_op_num_threads = threads
+        options.intra_op_num_threads = threads or default_intra_op_threads()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         requested = choose_providers(providers)
         self.session = ort.InferenceSession(
@@ -113,6 +114,8 @@ class OnnxSession:
         self.input_name = input_name or names[0]
         self.output_name = self.session.get_outputs()[0].name
         self.providers = self.session.get_providers()
+        # onnxruntime's intra-op threads per run; 0 = its own choice (one per physical core)
+        self.intra_op_threads = options.intra_op_num_threads
         self.fallback = provider_fallback(list(providers) or requested, self.providers)
         if self.fallback:
             log.warning(

@@ -124,7 +124,7 @@ class InputSpec(_message.Message):
     def __init__(self, height: _Optional[int] = ..., width: _Optional[int] = ..., layout: _Optional[str] = ..., channel_order: _Optional[str] = ..., resize: _Optional[str] = ..., value_range: _Optional[_Iterable[float]] = ..., mean: _Optional[_Iterable[float]] = ..., std: _Optional[_Iterable[float]] = ..., input_name: _Optional[str] = ...) -> None: ...
 
 class ModelVersionInfo(_message.Message):
-    __slots__ = ("version", "state", "error", "sha256", "input", "labels", "output_kind", "backends", "providers", "methods", "max_batch_size", "description")
+    __slots__ = ("version", "state", "error", "sha256", "input", "labels", "output_kind", "backends", "providers", "methods", "max_batch_size", "description", "inference_workers", "intra_op_threads")
     class State(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
         __slots__ = ()
         STATE_UNSPECIFIED: _ClassVar[ModelVersionInfo.State]
@@ -147,6 +147,8 @@ class ModelVersionInfo(_message.Message):
     METHODS_FIELD_NUMBER: _ClassVar[int]
     MAX_BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
     DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
+    INFERENCE_WORKERS_FIELD_NUMBER: _ClassVar[int]
+    INTRA_OP_THREADS_FIELD_NUMBER: _ClassVar[int]
     version: str
     state: ModelVersionInfo.State
     error: str
@@ -159,7 +161,9 @@ class ModelVersionInfo(_message.Message):
     methods: _containers.RepeatedScalarFieldContainer[str]
     max_batch_size: int
     description: str
-    def __init__(self, version: _Optional[str] = ..., state: _Optional[_Union[ModelVersionInfo.State, str]] = ..., error: _Optional[str] = ..., sha256: _Optional[str] = ..., input: _Optional[_Union[InputSpec, _Mapping]] = ..., labels: _Optional[_Iterable[str]] = ..., output_kind: _Optional[str] = ..., backends: _Optional[_Iterable[str]] = ..., providers: _Optional[_Iterable[str]] = ..., methods: _Optional[_Iterable[str]] = ..., max_batch_size: _Optional[int] = ..., description: _Optional[str] = ...) -> None: ...
+    inference_workers: int
+    intra_op_threads: int
+    def __init__(self, version: _Optional[str] = ..., state: _Optional[_Union[ModelVersionInfo.State, str]] = ..., error: _Optional[str] = ..., sha256: _Optional[str] = ..., input: _Optional[_Union[InputSpec, _Mapping]] = ..., labels: _Optional[_Iterable[str]] = ..., output_kind: _Optional[str] = ..., backends: _Optional[_Iterable[str]] = ..., providers: _Optional[_Iterable[str]] = ..., methods: _Optional[_Iterable[str]] = ..., max_batch_size: _Optional[int] = ..., description: _Optional[str] = ..., inference_workers: _Optional[int] = ..., intra_op_threads: _Optional[int] = ...) -> None: ...
 
 class ModelInfo(_message.Message):
     __slots__ = ("name", "versions")
