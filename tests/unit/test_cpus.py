@@ -61,6 +61,7 @@ def test_max_running_requests_must_not_be_negative() -> None:
         Settings(max_running_requests=-1).validate()
 
 
+@pytest.mark.skipif(AFFINITY < 2, reason="a quota below the cores needs 2+ cores")
 def test_onnxruntime_threads_follow_a_quota_below_the_cores(tmp_path: Path) -> None:
     write(tmp_path, "cpu.max", "50000 100000\n")  # half a CPU: fewer than any affinity
     assert default_intra_op_threads(tmp_path) == 1
@@ -77,6 +78,7 @@ def test_half_the_cpus_is_half_the_quota(tmp_path: Path) -> None:
     assert half_the_cpus(tmp_path) == max(1, AFFINITY // 2)
 
 
+@pytest.mark.skipif(AFFINITY < 2, reason="a quota below the cores needs 2+ cores")
 def test_a_session_with_threads_0_is_sized_to_the_pods_quota(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -36,7 +36,7 @@ from xaiserve.observability import Metrics, configure_logging
 from xaiserve.runtime import context as rctx
 from xaiserve.runtime.batcher import ImageBudget
 from xaiserve.runtime.cpus import available_cpus, half_the_cpus
-from xaiserve.runtime.thread_pools import configure_thread_pools
+from xaiserve.runtime.thread_pools import cap_torch_threads, configure_thread_pools
 from xaiserve_client.v1 import explain_pb2, explain_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -186,6 +186,7 @@ def create_server(
 ) -> tuple[XaiServer, int]:
     """Build, bind and start the server; returns it and the bound port (port 0 → a free one)."""
     configure_thread_pools(settings.numpy_blas_threads)
+    cap_torch_threads()
     metrics = Metrics(registry)
     segmenter = Segmenter(
         cache_bytes=settings.segmentation_cache_bytes,
