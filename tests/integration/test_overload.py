@@ -54,6 +54,9 @@ def slow_request(seed: int = 0, samples: int = 40) -> pb.ExplainRequest:
 
 DEADLINE_SAMPLES = 300
 FULL_COST = (SIZE - 10 + 1) ** 2 * DEADLINE_SAMPLES
+HOLD_SAMPLES = 3000
+"""A request ten times longer than ``DEADLINE_SAMPLES`` (≈ 35 s here, 1.6 M passes): it holds a
+runner until its deadline on any machine (300 samples took 3.3 s, close to a 3 s deadline)."""
 
 
 def images_done(server) -> float:  # type: ignore[no-untyped-def]
@@ -172,13 +175,15 @@ def test_admitted_calls_beyond_the_runners_wait_their_turn(
 ) -> None:  # type: ignore[no-untyped-def]
     """#18: with one runner, a second admitted Explain waits (it is not refused) and runs when
     the first ends; one whose deadline passes while it waits never starts."""
-    server, port = start_server(repo, max_concurrent_requests=3, max_running_requests=1)
+    server, port = start_server(
+        repo, max_concurrent_requests=3, max_running_requests=1, max_forward_passes=2_000_000
+    )
     stub = pb_grpc.ExplainServiceStub(channel_to(port))
     holder_error: list[grpc.StatusCode] = []
 
     def hold() -> None:
         try:
-            stub.Explain(slow_request(samples=DEADLINE_SAMPLES), timeout=3.0)
+            stub.Explain(slow_request(samples=HOLD_SAMPLES), timeout=3.0)
         except grpc.RpcError as exc:
             holder_error.append(exc.code())
 
