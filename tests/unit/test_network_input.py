@@ -1,6 +1,6 @@
 """Perturbing in the network's input space (``NetworkInputModel``) against image space.
 
-The regional prediction difference, MoRF and contextual importance build their perturbed images
+The regional and pixel-wise prediction differences, MoRF and contextual importance build their perturbed images
 in the network's input format when the model takes it (a served ``Model``): the original and
 the replacement values converted once, then copied where the layout keeps each pixel. The independent path is the one every
 other model gets: the image-space exclusions, converted by ``to_network_input`` as the model's
@@ -31,6 +31,10 @@ from xaiserve.methods.contextual_importance import (
     ContextualImportanceParams,
     contextual_importance,
 )
+from xaiserve.methods.pixelwise_prediction_difference import (
+    PixelwisePredictionDifferenceParams,
+)
+from xaiserve.methods.pixelwise_prediction_difference import explain as pixelwise
 from xaiserve.methods.regional_prediction_difference import (
     RegionalPredictionDifferenceParams,
     scatter_plan,
@@ -191,6 +195,40 @@ def test_network_space_exclusions_are_the_converted_image_space_ones(
             np.testing.assert_array_equal(a.maps[key], b.maps[key])
         assert a.values == b.values
         assert np.ptp(a.heatmap) > 0
+        assert not net.image_calls
+    finally:
+        model.close()
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_pixelwise_pd_in_network_space_is_the_converted_image_space_run(
+    tmp_path: Path, case: tuple[Any, ...]
+) -> None:
+    """Algorithm 2's conditional samples written into the converted original (each patch
+    converted alone, chunks built in place): the same network inputs, bit for bit, as the
+    perturbed images converted whole, and so the same maps."""
+    model = served(tmp_path, case)
+    try:
+        image, _ = scene(H, W, seed=5)
+        params = PixelwisePredictionDifferenceParams(
+            inner_size=5, outer_size=9, samples=3, stride=7, seed=2, clip_negative=False
+        )
+        net, img = NetworkRecorder(model), ImageSpaceModel(model)
+        target = Target(1, contrast=3)
+        a = pixelwise(net, image, target, params)
+        b = pixelwise(img, image, target, params)
+        sent, want = np.concatenate(net.inputs), np.concatenate(img.inputs)
+        patches = a.values["patches"]
+        assert sent.shape == want.shape == (1 + 3 * patches, *want.shape[1:])
+        assert sent.dtype == np.float32
+        np.testing.assert_array_equal(sent, want)
+        # every sample differs from the original (the comparison is not vacuous)
+        changed = (sent[1:] != sent[:1]).reshape(len(sent) - 1, -1).any(axis=1)
+        assert changed.all()
+        assert a.target_probability == b.target_probability
+        np.testing.assert_array_equal(a.heatmap, b.heatmap)
+        np.testing.assert_array_equal(a.maps["contrast"], b.maps["contrast"])
+        assert a.values == b.values and np.ptp(a.heatmap) > 0
         assert not net.image_calls
     finally:
         model.close()
