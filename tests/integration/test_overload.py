@@ -73,11 +73,10 @@ def test_concurrency_limit_refuses_exactly_the_overflow(
 ) -> None:  # type: ignore[no-untyped-def]
     server, port = start_server(repo, max_concurrent_requests=2)
     stub = pb_grpc.ExplainServiceStub(channel_to(port))
+    # Long enough to be running on any machine while the overflow is refused; cancelled after.
     holders = [
-        threading.Thread(target=lambda: stub.Explain(slow_request(), timeout=120)) for _ in range(2)
+        stub.Explain.future(slow_request(samples=DEADLINE_SAMPLES), timeout=120) for _ in range(2)
     ]
-    for t in holders:
-        t.start()
     deadline = time.monotonic() + 30
     while server.admission.active < 2:
         assert time.monotonic() < deadline
@@ -93,8 +92,8 @@ def test_concurrency_limit_refuses_exactly_the_overflow(
     # cheap calls have their own pool (#18): the explanation overflow never starves Predict
     assert stub.Predict(pb.PredictRequest(model="m", image=image_msg(8)), timeout=10).classes
     still_busy = server.admission.active == 2
-    for t in holders:
-        t.join(120)
+    for h in holders:
+        h.cancel()
     assert still_busy and refused == 5
     assert (
         server.metrics.registry.get_sample_value(
