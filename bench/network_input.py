@@ -85,7 +85,15 @@ def main() -> int:
         floor_wall, floor_cpu, batch = session_floor(model, image, 3)
         heat = np.random.default_rng(0).random((224, 224))
         rpd = regional.RegionalPredictionDifferenceParams()
-        morf = MorfParams(window=8, steps=100, fill="uniform", repeats=1, seed=1, lerf=False)
+        morf = MorfParams(
+            window=8,
+            steps=100,
+            fill="uniform",
+            repeats=1,
+            seed=1,
+            lerf=False,
+            random_baseline=False,
+        )  # MoRF only: 1 + 100 passes (the random baseline would add 100 more)
         ci = ContextualImportanceParams()
         pw = pixelwise.PixelwisePredictionDifferenceParams(stride=24, seed=1)
         regional.explain(model, image, Target(0), rpd)  # segmentation and draws cached
@@ -95,7 +103,7 @@ def main() -> int:
                 lambda m: regional.explain(m, image, Target(1), rpd),
             ),
             "MoRF (L = 100, 1 repeat)": (
-                101,
+                -1,
                 lambda m: region_perturbation(m, image, heat, 1, morf),
             ),
             "contextual importance": (
@@ -109,8 +117,13 @@ def main() -> int:
         }
         rows = []
         for name, (passes, run) in cases.items():
-            if passes < 0:
-                passes = int(run(model).values["forward_passes"])
+            if passes < 0:  # counted by the method itself
+                result = run(model)
+                passes = int(
+                    result.forward_passes
+                    if hasattr(result, "forward_passes")
+                    else result.values["forward_passes"]
+                )
             paths = {"network": model, "image": ImageSpace(model)}
             for m in paths.values():
                 run(m)  # warm-up (and the image path's draws cached)
