@@ -261,8 +261,8 @@ EXPENSIVE: dict[str, pb.MethodParams] = {
 
 DEADLINE = {"regional_prediction_difference": 0.4}
 """A shorter deadline for a method whose largest request is not far beyond 1 s: regional PD at
-its most scales on the 64² demo input is 8191 passes, 1.6–1.7 s here (scales = 11 took 0.8–1.0 s,
-and once finished inside a 1 s deadline)."""
+its most scales on the 64² demo input is 8191 passes, 1.6–1.7 s here (scales = 11 took
+0.8–1.0 s, and once finished inside a 1 s deadline)."""
 
 SINGLE_PASS: dict[str, pb.MethodParams] = {
     "saliency": pb.MethodParams(saliency=pb.SaliencyParams()),

@@ -1,12 +1,13 @@
 """Perturbing in the network's input space (``NetworkInputModel``) against image space.
 
-The regional and pixel-wise prediction differences, MoRF and contextual importance build their perturbed images
-in the network's input format when the model takes it (a served ``Model``): the original and
-the replacement values converted once, then copied where the layout keeps each pixel. The independent path is the one every
-other model gets: the image-space exclusions, converted by ``to_network_input`` as the model's
-``predict`` does. Both run through a real ONNX model loaded by the real repository; the network
-inputs, the probabilities, every map and every curve must be equal bit for bit, for both layouts, both
-channel orders and a preprocessing whose value range, mean and std are all non-trivial.
+The regional and pixel-wise prediction differences, MoRF and contextual importance build their
+perturbed images in the network's input format when the model takes it (a served ``Model``): the
+original and the replacement values converted once, then copied where the layout keeps each
+pixel. The independent path is the one every other model gets: the image-space exclusions,
+converted by ``to_network_input`` as the model's ``predict`` does. Both run through a real ONNX
+model loaded by the real repository; the network inputs, the probabilities, every map and every
+curve must be equal bit for bit, for both layouts, both channel orders and a preprocessing whose
+value range, mean and std are all non-trivial.
 """
 
 from __future__ import annotations

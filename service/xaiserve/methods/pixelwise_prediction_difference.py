@@ -35,6 +35,7 @@ a tenth of its forward pass.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -228,14 +229,9 @@ def _network_chunks(
         return chunk
 
     k = params.inner_size
-    buf: list[_Sample] = []
-    for item in samples():
-        buf.append(item)
-        if len(buf) == CHUNK_IMAGES:
-            yield fill(buf)
-            buf = []
-    if buf:
-        yield fill(buf)
+    stream = samples()
+    while items := list(itertools.islice(stream, CHUNK_IMAGES)):
+        yield fill(items)
 
 
 def warmup_params(
